@@ -1,0 +1,30 @@
+# The two commands of the README: `make serve` (demo) and `make test`.
+PY := .venv/bin/python
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: setup serve demo-model test check lint lock bench
+
+setup:
+	@scripts/setup
+
+demo-model: setup
+	@$(PY) -m gateway.demo
+
+serve: demo-model
+	$(PY) -m gateway serve --config config/demo.yaml
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	.venv/bin/ruff check gateway tests bench
+	.venv/bin/mypy
+
+check: lint test
+
+# Re-pin every dependency (with hashes) after editing requirements.in.
+lock:
+	.venv/bin/uv pip compile requirements.in --generate-hashes --python-version 3.11 -o requirements.lock
+
+bench: demo-model
+	$(PY) bench/invocations.py

@@ -1,0 +1,53 @@
+"""Health routes: open to everyone, never blocked by model work."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway import __version__
+from gateway.http import Request, Response
+from gateway.runtime import RuntimeHolder
+
+_NOT_READY = orjson.dumps({"status": "loading"})
+
+
+async def ping(request: Request, holder: RuntimeHolder) -> Response:
+    """MLflow's `/ping` and `/health`: 200 once the models are loaded (503 until then)."""
+    if holder.current is None:
+        return Response(503, _NOT_READY)
+    return Response(200, b"\n")
+
+
+async def live(request: Request, holder: RuntimeHolder) -> Response:
+    """Liveness: the process answers."""
+    return Response(200, b'{"status":"ok"}')
+
+
+async def ready(request: Request, holder: RuntimeHolder) -> Response:
+    runtime = holder.current
+    if runtime is None:
+        failure = str(holder.failure) if holder.failure else None
+        return Response(503, orjson.dumps({"ready": False, "error": failure}))
+    return Response(
+        200,
+        orjson.dumps(
+            {
+                "ready": True,
+                "config_version": runtime.loaded.version,
+                "endpoints": {
+                    name: [served.label for served in endpoint.served]
+                    for name, endpoint in runtime.endpoints.items()
+                },
+            }
+        ),
+    )
+
+
+async def version(request: Request, holder: RuntimeHolder) -> Response:
+    """MLflow's `/version` answers with the MLflow version; we add our own beside it."""
+    from importlib.metadata import version as package_version
+
+    return Response(
+        200,
+        orjson.dumps({"gateway": __version__, "mlflow": package_version("mlflow")}),
+    )

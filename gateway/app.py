@@ -1,0 +1,144 @@
+"""The ASGI application: a pure-ASGI front (no middleware stack) over the route table.
+
+`GatewayApp` owns the runtime holder and the lifespan: on startup it loads the config's models in
+a background thread, so the process answers `/ready` (503) while they load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config_file import LoadedConfig, load_config_file
+from gateway.errors import ConfigError, EndpointNotFound, GatewayError, MethodNotAllowed, render_mlflow, render_openai
+from gateway.http import ClientDisconnected, Request, Response
+from gateway.router import Router
+from gateway.routes import DOCS_PATHS, ROUTES, Protocol
+from gateway.runtime import RuntimeHolder, build_runtime
+
+logger = logging.getLogger("gateway")
+
+REQUEST_ID = b"x-request-id"
+SERVED_MODEL = b"x-served-model"
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+class GatewayApp:
+    def __init__(self, loaded: LoadedConfig, *, on_fatal: Callable[[], None] | None = None) -> None:
+        self.loaded = loaded
+        self.holder = RuntimeHolder()
+        self._router = Router(ROUTES)
+        self._on_fatal = on_fatal
+        self._docs_app: Any = None
+        self._loading: asyncio.Task[None] | None = None
+        if loaded.config.auth is None:
+            logger.warning(
+                "NO AUTH CONFIGURED: the gateway is open to anyone who can reach it."
+                " Add an `auth.keys` section (see `gateway keys new`)."
+            )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        matched = self._router.match(path)
+        if matched is None:
+            if path in DOCS_PATHS:
+                await self._docs(scope, receive, send)
+                return
+            response = _error_response(EndpointNotFound(f"No route for {path}."), "mlflow", False)
+            await response.send(send, [])
+            return
+        route, params = matched
+        request = Request(scope, receive, params)
+        request_id = request.header(REQUEST_ID) or os.urandom(12).hex().encode()
+        extra = [(REQUEST_ID, request_id)]
+        try:
+            if scope["method"] not in route.methods:
+                raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
+            response = await route.handler(request, self.holder)
+        except GatewayError as error:
+            expose = self.loaded.config.server.expose_stack_traces
+            response = _error_response(error, route.protocol, expose)
+        except ClientDisconnected:
+            return
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope["method"], path)
+            response = _error_response(GatewayError("Internal error."), route.protocol, False)
+        await response.send(send, extra)
+
+    async def _docs(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._docs_app is None:
+            from gateway.api.openapi import build_docs_app
+
+            self._docs_app = build_docs_app()
+        await self._docs_app(scope, receive, send)
+
+    # --- lifespan -----------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._loading = asyncio.create_task(self._load())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _load(self) -> None:
+        try:
+            runtime = await asyncio.to_thread(build_runtime, self.loaded)
+        except ConfigError as exc:
+            self.holder.failure = exc
+            logger.error("cannot load the models of the config:\n%s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal()
+            return
+        self.holder.current = runtime
+        logger.info(
+            "ready: config version %s, endpoints: %s",
+            self.loaded.version,
+            ", ".join(runtime.endpoints) or "(none)",
+        )
+
+    async def _shutdown(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        runtime = self.holder.current
+        if runtime is not None:
+            await runtime.aclose()
+
+
+def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:
+    body = render_openai(error) if protocol == "openai" else render_mlflow(error, expose_stack_traces=expose)
+    headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
+    return Response(error.status, body, headers=headers)
+
+
+def create_app() -> GatewayApp:
+    """App factory for `uvicorn --factory` and worker processes: the config path is in the env."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise RuntimeError(f"set {CONFIG_ENV} to the config file's path")
+    return GatewayApp(load_config_file(path), on_fatal=_stop_server_processes)
+
+
+def _stop_server_processes() -> None:
+    """A config whose models cannot load must stop the server, not leave it unready forever."""
+    import signal
+
+    if os.environ.get("GATEWAY_SUPERVISED") == "1":
+        os.kill(os.getppid(), signal.SIGTERM)  # uvicorn's worker supervisor
+    os.kill(os.getpid(), signal.SIGTERM)

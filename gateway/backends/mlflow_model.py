@@ -1,0 +1,162 @@
+"""Custom endpoints: MLflow pyfunc models loaded into the gateway and scored off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.backends import scoring
+from gateway.backends.batching import MicroBatcher
+from gateway.config import BatchingConfig, CustomEndpointConfig, ServedModelConfig
+from gateway.errors import GatewayError
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_SCHEME = "models:/"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """Where a configured model really is: a local path or a pinned registry version."""
+
+    load_uri: str
+    label: str  # what `x-served-model` says: `name/3` for registry models, else the path
+
+
+def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> ResolvedModel:
+    """Resolve `models:/name/3`, `models:/name@alias`, `models:/name/latest` or a local folder.
+
+    Raises ValueError with a message fit for the config's YAML path.
+    """
+    if not spec.startswith(REGISTRY_SCHEME):
+        path = Path(spec).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not (path / "MLmodel").is_file():
+            raise ValueError(f"{spec!r} is not an MLflow model folder (no MLmodel file in {path})")
+        return ResolvedModel(load_uri=str(path), label=spec)
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    reference = spec[len(REGISTRY_SCHEME) :]
+    client = MlflowClient(registry_uri=registry_uri, tracking_uri=registry_uri)
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, selector = reference.rpartition("/")
+            if not name or not selector:
+                raise ValueError(
+                    f"{spec!r} is not a registry URI: use models:/NAME/VERSION,"
+                    " models:/NAME@ALIAS or models:/NAME/latest"
+                )
+            if selector == "latest":
+                versions = client.search_model_versions(f"name = '{name}'")
+                if not versions:
+                    raise ValueError(f"registered model {name!r} has no versions")
+                version = str(max(int(v.version) for v in versions))
+            else:
+                version = client.get_model_version(name, selector).version
+        return ResolvedModel(
+            load_uri=client.get_model_version_download_uri(name, version),
+            label=f"{name}/{version}",
+        )
+    except MlflowException as exc:
+        raise ValueError(f"cannot resolve {spec!r} in the registry: {exc.message}") from exc
+
+
+class ServedModel:
+    """One loaded pyfunc model, its predict threads and (optionally) its micro-batcher."""
+
+    def __init__(self, label: str, pyfunc: Any, max_concurrency: int, batching: BatchingConfig | None):
+        self.label = label
+        self.pyfunc = pyfunc
+        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"predict-{label}")
+        self._batcher: MicroBatcher[scoring.ScoringRequest, bytes | GatewayError] | None = None
+        if batching is not None:
+            self._batcher = MicroBatcher(
+                self._score_batch,
+                self._executor,
+                max_batch_size=batching.max_batch_size,
+                max_wait_s=batching.max_wait_ms / 1000,
+            )
+
+    async def score(self, request: scoring.ScoringRequest) -> bytes:
+        """The JSON body of a successful prediction; raises GatewayError on failure."""
+        shape = request.batch_shape() if self._batcher is not None else None
+        if shape is None or self._batcher is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, scoring.score, self.pyfunc, request)
+        outcome = await self._batcher.submit(request, shape)
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    def _score_batch(
+        self, requests: Sequence[scoring.ScoringRequest]
+    ) -> list[bytes | GatewayError]:
+        return scoring.score_batch(self.pyfunc, requests)
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
+        self.discard()
+
+    def discard(self) -> None:
+        """Release the predict threads of a model that never served (or has stopped)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class CustomEndpoint:
+    """A named endpoint splitting its traffic across served models by weight."""
+
+    kind = "custom"
+
+    def __init__(self, name: str, served: list[ServedModel], weights: list[int]) -> None:
+        self.name = name
+        self.served = served
+        self._cumulative: list[int] = []
+        total = 0
+        for weight in weights:
+            total += weight
+            self._cumulative.append(total)
+        self._total = total
+
+    def pick(self) -> ServedModel:
+        if len(self.served) == 1:
+            return self.served[0]
+        ticket = random.random() * self._total
+        return self.served[bisect.bisect_right(self._cumulative, ticket)]
+
+    async def aclose(self) -> None:
+        for served in self.served:
+            await served.aclose()
+
+
+def load_served_model(
+    spec: ServedModelConfig,
+    endpoint: CustomEndpointConfig,
+    *,
+    base_dir: Path,
+    registry_uri: str | None,
+) -> ServedModel:
+    """Resolve and load one model (blocking: call it from a thread). Raises ValueError."""
+    resolved = resolve_model(spec.model, base_dir=base_dir, registry_uri=registry_uri)
+    # MLflow's scoring server sets this; some flavors behave differently when serving.
+    os.environ.setdefault("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    import mlflow.pyfunc
+
+    try:
+        pyfunc = mlflow.pyfunc.load_model(resolved.load_uri)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a config problem
+        raise ValueError(f"cannot load {spec.model!r}: {type(exc).__name__}: {exc}") from exc
+    return ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)

@@ -1,0 +1,113 @@
+"""`gateway serve | check | keys new`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from gateway.auth import key_digest, new_key
+from gateway.config_file import load_config_file
+from gateway.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a config")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+
+    check = commands.add_parser("check", help="validate a config and load its models")
+    check.add_argument("--config", required=True)
+
+    keys = commands.add_parser("keys", help="API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = key_commands.add_parser("new", help="print a fresh key and its config snippet")
+    new.add_argument("--id", required=True)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check":
+        return _check(args.config)
+    return _new_key(args.id)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import CONFIG_ENV, GatewayApp
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        loaded = load_config_file(args.config)  # fail fast on a bad file, before binding
+    except ConfigError as exc:
+        _print_issues(exc)
+        return 1
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+    }
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = str(loaded.source)
+        os.environ["GATEWAY_SUPERVISED"] = "1"
+        uvicorn.run("gateway.app:create_app", factory=True, workers=args.workers, **common)
+        return 0
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        assert server is not None
+        server.should_exit = True
+
+    app = GatewayApp(loaded, on_fatal=stop)
+    server = uvicorn.Server(uvicorn.Config(app, **common))
+    server.run()
+    return 1 if app.holder.failure is not None else 0
+
+
+def _check(path: str) -> int:
+    from gateway.runtime import build_runtime
+
+    try:
+        loaded = load_config_file(path)
+        runtime = build_runtime(loaded)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return 1
+    for endpoint in runtime.endpoints.values():
+        labels = ", ".join(served.label for served in endpoint.served)
+        print(f"ok  {endpoint.name}: {labels}")
+    for endpoint in runtime.endpoints.values():
+        for served in endpoint.served:
+            served.discard()
+    print(f"config {path} is valid (version {loaded.version})")
+    return 0
+
+
+def _print_issues(error: ConfigError) -> None:
+    print(f"invalid config ({len(error.issues)} problem(s)):", file=sys.stderr)
+    for issue in error.issues:
+        print(f"  {issue}", file=sys.stderr)
+
+
+def _new_key(key_id: str) -> int:
+    key = new_key()
+    print(f"API key for {key_id!r} (shown once; store it in a secret manager):\n\n  {key}\n")
+    print("Add to your config under auth.keys:\n")
+    print(f"    - id: {key_id}\n      sha256: \"{key_digest(key)}\"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""One error hierarchy for the whole gateway, rendered in one place per protocol.
+
+Every failure a client can see is a `GatewayError` carrying its HTTP status and a protocol-neutral
+error code. The renderers at the bottom turn it into the body of the protocol the route speaks:
+MLflow's `{"error_code", "message"}` on invocation routes, OpenAI's `{"error": {...}}` on `/v1/*`.
+Foreign exceptions are translated into these classes at the boundary where they are caught
+(`raise ... from e`); nothing here guesses a status from message text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import orjson
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway renders to a client."""
+
+    status: ClassVar[int] = 500
+    error_code: ClassVar[str] = "INTERNAL_ERROR"  # MLflow / Databricks error code
+    openai_type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, stack_trace: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.stack_trace = stack_trace
+        self.served_model: str | None = None  # set when a served model was already chosen
+
+
+# --- client errors (4xx) -------------------------------------------------------------------------
+
+
+class ClientError(GatewayError):
+    status = 400
+    error_code = "BAD_REQUEST"
+    openai_type = "invalid_request_error"
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class InvalidParameterValue(ClientError):
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class Unauthenticated(ClientError):
+    status = 401
+    error_code = "UNAUTHENTICATED"
+    openai_type = "authentication_error"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    error_code = "PERMISSION_DENIED"
+    openai_type = "permission_error"
+
+
+class EndpointNotFound(ClientError):
+    status = 404
+    error_code = "ENDPOINT_NOT_FOUND"
+    openai_type = "not_found_error"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    error_code = "BAD_REQUEST"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    error_code = "BAD_REQUEST"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    error_code = "BAD_REQUEST"
+
+
+# --- the gateway's own state ---------------------------------------------------------------------
+
+
+class NotReady(GatewayError):
+    status = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+    openai_type = "service_unavailable"
+
+
+# --- model errors: raised while a custom model parses its input or predicts ---------------------
+
+
+class ModelError(GatewayError):
+    """An error reported by MLflow while scoring; carries MLflow's own code and status."""
+
+    def __init__(
+        self, message: str, *, status: int, error_code: str, stack_trace: str | None = None
+    ) -> None:
+        super().__init__(message, stack_trace=stack_trace)
+        self.status = status  # type: ignore[misc]  # per instance: MLflow decides it
+        self.error_code = error_code  # type: ignore[misc]
+
+
+# --- config errors (never reach a client of the data plane) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file, located by its YAML path (`endpoints[0].name`)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """A config that cannot be applied; lists every problem found, each by YAML path."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(issue) for issue in issues))
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def render_mlflow(error: GatewayError, *, expose_stack_traces: bool = False) -> bytes:
+    """MLflow scoring-server shape: `{"error_code": ..., "message": ...}`."""
+    body: dict[str, str] = {"error_code": error.error_code, "message": error.message}
+    if expose_stack_traces and error.stack_trace:
+        body["stack_trace"] = error.stack_trace
+    return orjson.dumps(body)
+
+
+def render_openai(error: GatewayError, *, param: str | None = None) -> bytes:
+    """OpenAI shape: `{"error": {"message", "type", "param", "code"}}`."""
+    return orjson.dumps(
+        {
+            "error": {
+                "message": error.message,
+                "type": error.openai_type,
+                "param": param,
+                "code": error.error_code.lower(),
+            }
+        }
+    )

@@ -1,0 +1,38 @@
+"""The route table: path → handler and the protocol its errors speak. No logic lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.api import health, invocations
+from gateway.http import Request, Response
+from gateway.runtime import RuntimeHolder
+
+Handler = Callable[[Request, RuntimeHolder], Awaitable[Response]]
+Protocol = Literal["mlflow", "openai"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    path: str  # `{name}` matches one path segment
+    methods: frozenset[str]
+    handler: Handler
+    protocol: Protocol = "mlflow"
+
+
+GET, POST = frozenset({"GET", "HEAD"}), frozenset({"POST"})
+
+ROUTES: tuple[Route, ...] = (
+    Route("/invocations", POST, invocations.invoke_default),
+    Route("/serving-endpoints/{name}/invocations", POST, invocations.invoke_named),
+    Route("/ping", GET, health.ping),
+    Route("/health", GET, health.ping),
+    Route("/live", GET, health.live),
+    Route("/ready", GET, health.ready),
+    Route("/version", GET, health.version),
+)
+
+# Served by the (lazily built) documentation app.
+DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
