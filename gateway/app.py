@@ -13,7 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config_file import LoadedConfig, load_config_file
-from gateway.errors import ConfigError, EndpointNotFound, GatewayError, MethodNotAllowed, render_mlflow, render_openai
+from gateway.errors import (
+    ConfigError,
+    EndpointNotFound,
+    GatewayError,
+    MethodNotAllowed,
+    render_mlflow,
+    render_openai,
+)
 from gateway.http import ClientDisconnected, Request, Response
 from gateway.router import Router
 from gateway.routes import DOCS_PATHS, ROUTES, Protocol
@@ -122,7 +129,11 @@ class GatewayApp:
 
 
 def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:
-    body = render_openai(error) if protocol == "openai" else render_mlflow(error, expose_stack_traces=expose)
+    body = (
+        render_openai(error)
+        if protocol == "openai"
+        else render_mlflow(error, expose_stack_traces=expose)
+    )
     headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
     return Response(error.status, body, headers=headers)
 

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--id", required=True)
 
     args = parser.parse_args(argv)
+    # The gateway runs offline and keeps its traffic to itself: no MLflow usage telemetry.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.command == "serve":
         return _serve(args)
     if args.command == "check":
@@ -44,7 +46,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import CONFIG_ENV, GatewayApp
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         loaded = load_config_file(args.config)  # fail fast on a bad file, before binding
     except ConfigError as exc:
@@ -105,7 +109,7 @@ def _new_key(key_id: str) -> int:
     key = new_key()
     print(f"API key for {key_id!r} (shown once; store it in a secret manager):\n\n  {key}\n")
     print("Add to your config under auth.keys:\n")
-    print(f"    - id: {key_id}\n      sha256: \"{key_digest(key)}\"\n")
+    print(f'    - id: {key_id}\n      sha256: "{key_digest(key)}"\n')
     return 0
 
 

@@ -62,7 +62,7 @@ class CustomEndpointConfig(Strict):
     name: str
     type: Literal["custom"]
     default: bool = False
-    served_models: tuple[ServedModelConfig, ...] = Field(min_length=1)
+    served_models: tuple[ServedModelConfig, ...]  # at least one: see config_file
     batching: BatchingConfig | None = None
     max_concurrency: int = Field(default=4, ge=1, le=256)  # predict threads per served model
 

@@ -75,20 +75,29 @@ def parse_config(
     issues: list[ConfigIssue] = []
     interpolated = _interpolate(document, (), environ, issues)
     issues += _literal_key_issues(document)
+    issues += cross_field_issues(interpolated)
+    config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(interpolated)
     except ValidationError as exc:
         issues += [_issue_from_pydantic(error) for error in exc.errors()]
-        raise ConfigError(issues) from exc
-    issues += cross_field_issues(config)
-    if issues:
-        raise ConfigError(issues)
+    if issues or config is None:
+        raise ConfigError(sorted(issues, key=_document_order))
     version = hashlib.sha256(yaml.safe_dump(interpolated, sort_keys=True).encode()).hexdigest()
     return LoadedConfig(config=config, source=source, version=version[:16])
 
 
+def _document_order(issue: ConfigIssue) -> tuple[tuple[int, int | str], ...]:
+    """Issues sorted as their paths appear in the file (`[2]` before `[10]`)."""
+    parts = re.findall(r"\[(\d+)\]|([^.\[\]]+)", issue.path)
+    return tuple((0, int(index)) if index else (1, name) for index, name in parts)
+
+
 def _interpolate(
-    node: Any, location: tuple[str | int, ...], environ: Mapping[str, str], issues: list[ConfigIssue]
+    node: Any,
+    location: tuple[str | int, ...],
+    environ: Mapping[str, str],
+    issues: list[ConfigIssue],
 ) -> Any:
     if isinstance(node, dict):
         return {k: _interpolate(v, (*location, str(k)), environ, issues) for k, v in node.items()}
@@ -140,59 +149,90 @@ def _issue_from_pydantic(error: Any) -> ConfigIssue:
     return ConfigIssue(format_path(location), message)
 
 
-def cross_field_issues(config: GatewayConfig) -> list[ConfigIssue]:
-    """Checks that span several fields: unique names, traffic sums, one default, key identity."""
+def cross_field_issues(document: dict[str, Any]) -> list[ConfigIssue]:
+    """Checks that span several fields: unique names, traffic sums, one default, key identity.
+
+    They read the interpolated document rather than the validated model, so that they are
+    reported together with schema errors; entries of the wrong shape are the schema's to report.
+    """
+    return _endpoint_issues(_entries(document, "endpoints")) + _key_issues(
+        _entries(document.get("auth"), "keys")
+    )
+
+
+def _entries(parent: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    items = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]
+
+
+def _endpoint_issues(endpoints: list[tuple[int, dict[str, Any]]]) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    seen_names: dict[str, int] = {}
-    defaults: list[int] = []
-    for i, endpoint in enumerate(config.endpoints):
+    first_with_name: dict[Any, int] = {}
+    first_default: int | None = None
+    for i, endpoint in endpoints:
         where = f"endpoints[{i}]"
-        if endpoint.name in seen_names:
+        name = endpoint.get("name")
+        if isinstance(name, str) and name in first_with_name:
             issues.append(
                 ConfigIssue(
                     f"{where}.name",
-                    f"duplicate endpoint name {endpoint.name!r}"
-                    f" (also endpoints[{seen_names[endpoint.name]}])",
+                    f"duplicate endpoint name {name!r} (also endpoints[{first_with_name[name]}])",
                 )
             )
-        seen_names.setdefault(endpoint.name, i)
-        if endpoint.default:
-            defaults.append(i)
-        total = sum(served.traffic for served in endpoint.served_models)
-        if total != 100:
-            issues.append(
-                ConfigIssue(f"{where}.served_models", f"traffic must sum to 100, not {total}")
-            )
-    if len(defaults) > 1:
-        for i in defaults[1:]:
-            issues.append(
-                ConfigIssue(
-                    f"endpoints[{i}].default",
-                    f"only one endpoint can be the default (endpoints[{defaults[0]}] already is)",
+        first_with_name.setdefault(name, i)
+        if endpoint.get("default") is True:
+            if first_default is None:
+                first_default = i
+            else:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.default",
+                        "only one endpoint can be the default"
+                        f" (endpoints[{first_default}] already is)",
+                    )
                 )
-            )
-    if config.auth is not None:
-        issues += _key_issues(config)
+        served = endpoint.get("served_models")
+        if isinstance(served, list):
+            traffic = [s.get("traffic", 100) for s in served if isinstance(s, dict)]
+            if not served:
+                issues.append(ConfigIssue(f"{where}.served_models", "needs at least one model"))
+            elif all(type(t) is int for t in traffic) and sum(traffic) != 100:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.served_models", f"traffic must sum to 100, not {sum(traffic)}"
+                    )
+                )
     return issues
 
 
-def _key_issues(config: GatewayConfig) -> list[ConfigIssue]:
-    assert config.auth is not None
+def _key_issues(keys: list[tuple[int, dict[str, Any]]]) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    ids: dict[str, int] = {}
-    digests: dict[str, int] = {}
-    for i, key in enumerate(config.auth.keys):
+    first_with_id: dict[Any, int] = {}
+    first_with_digest: dict[str, int] = {}
+    for i, key in keys:
         where = f"auth.keys[{i}]"
-        if key.id in ids:
-            issues.append(ConfigIssue(f"{where}.id", f"duplicate key id {key.id!r}"))
-        ids.setdefault(key.id, i)
-        if (key.sha256 is None) == (key.key is None):
+        if key.get("id") in first_with_id:
+            issues.append(ConfigIssue(f"{where}.id", f"duplicate key id {key['id']!r}"))
+        first_with_id.setdefault(key.get("id"), i)
+        digest, value = key.get("sha256"), key.get("key")
+        if (digest is None) == (value is None):
             issues.append(ConfigIssue(where, "give exactly one of sha256 or key"))
             continue
-        digest = key.sha256 or hashlib.sha256(key.key.get_secret_value().encode()).hexdigest()  # type: ignore[union-attr]
-        if digest in digests:
+        if isinstance(value, str):
+            if len(value) < 16:
+                issues.append(ConfigIssue(f"{where}.key", "is shorter than 16 characters"))
+            digest = hashlib.sha256(value.encode()).hexdigest()
+        if not isinstance(digest, str):
+            continue
+        digest = digest.strip().lower()
+        if digest in first_with_digest:
             issues.append(
-                ConfigIssue(where, f"the same key is already configured as auth.keys[{digests[digest]}]")
+                ConfigIssue(
+                    where,
+                    f"the same key is already configured as auth.keys[{first_with_digest[digest]}]",
+                )
             )
-        digests.setdefault(digest, i)
+        first_with_digest.setdefault(digest, i)
     return issues

@@ -14,7 +14,7 @@ JSON = b"application/json"
 class Request:
     """A view of one ASGI HTTP request; headers are indexed on first use."""
 
-    __slots__ = ("scope", "receive", "path_params", "_headers")
+    __slots__ = ("_headers", "path_params", "receive", "scope")
 
     def __init__(self, scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
         self.scope = scope

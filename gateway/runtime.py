@@ -90,7 +90,9 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
     default = next((e.name for e in config.endpoints if e.default), None)
     if default is None and len(config.endpoints) == 1:
         default = config.endpoints[0].name  # one endpoint: /invocations is unambiguous
-    return Runtime(loaded=loaded, keyring=KeyRing(config.auth), endpoints=endpoints, default_endpoint=default)
+    return Runtime(
+        loaded=loaded, keyring=KeyRing(config.auth), endpoints=endpoints, default_endpoint=default
+    )
 
 
 class RuntimeHolder:

@@ -76,3 +76,9 @@ def run_gateway(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def write_config(directory: Path, text: str, name: str = "gateway.yaml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path

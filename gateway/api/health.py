@@ -35,7 +35,7 @@ async def ready(request: Request, holder: RuntimeHolder) -> Response:
                 "ready": True,
                 "config_version": runtime.loaded.version,
                 "endpoints": {
-                    name: [served.label for served in endpoint.served]
+                    name: [served.describe() for served in endpoint.served]
                     for name, endpoint in runtime.endpoints.items()
                 },
             }

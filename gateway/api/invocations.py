@@ -1,4 +1,4 @@
-"""`POST /invocations` and `POST /serving-endpoints/{name}/invocations`: MLflow's scoring protocol."""
+"""`POST /invocations` and `POST /serving-endpoints/{name}/invocations` (MLflow scoring)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ _MLFLOW_ERROR = {
     }
 }
 _SCORING_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "`{\"predictions\": ...}` (unwrapped for LLM-shaped inputs)"},
+    200: {"description": '`{"predictions": ...}` (unwrapped for LLM-shaped inputs)'},
     400: {"description": "Bad input (BAD_REQUEST, INVALID_PARAMETER_VALUE)", **_MLFLOW_ERROR},
     401: {"description": "Missing or unknown API key", **_MLFLOW_ERROR},
     403: {"description": "Key not allowed on this endpoint", **_MLFLOW_ERROR},
@@ -68,11 +68,17 @@ def build_docs_app() -> Any:
     def described_only() -> None:  # pragma: no cover - the ASGI router answers these paths
         raise RuntimeError("served by the gateway's router")
 
-    scoring = {"openapi_extra": {"requestBody": _SCORING_BODY}, "responses": _SCORING_RESPONSES}
-    app.post("/serving-endpoints/{name}/invocations", tags=["scoring"], **scoring)(described_only)
-    app.post("/invocations", tags=["scoring"], summary="Score the default endpoint", **scoring)(
-        described_only
-    )
+    for path, summary in (
+        ("/serving-endpoints/{name}/invocations", "Score an endpoint"),
+        ("/invocations", "Score the default endpoint"),
+    ):
+        app.post(
+            path,
+            tags=["scoring"],
+            summary=summary,
+            openapi_extra={"requestBody": _SCORING_BODY},
+            responses=_SCORING_RESPONSES,
+        )(described_only)
     for path, summary in (
         ("/ping", "MLflow health check: 200 once models are loaded"),
         ("/health", "Same as /ping"),

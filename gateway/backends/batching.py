@@ -23,7 +23,9 @@ Result = TypeVar("Result")
 class _Pending(Generic[Item, Result]):
     item: Item
     shape: Hashable
-    future: asyncio.Future[Result] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[Result] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class MicroBatcher(Generic[Item, Result]):
@@ -47,6 +49,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._queue: asyncio.Queue[_Pending[Item, Result]] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._last_batch_size = 0
+        self.batches_run = 0  # predict calls made, for /ready and metrics
+        self.items_run = 0  # requests they answered
 
     async def submit(self, item: Item, shape: Hashable) -> Result:
         if self._queue is None:
@@ -74,9 +78,11 @@ class MicroBatcher(Generic[Item, Result]):
                     by_shape.setdefault(pending.shape, []).append(pending)
             for group in by_shape.values():
                 items = [pending.item for pending in group]
+                self.batches_run += 1
+                self.items_run += len(items)
                 try:
                     results = await loop.run_in_executor(self._executor, self._run_batch, items)
-                except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+                except Exception as exc:
                     for pending in group:
                         if not pending.future.done():
                             pending.future.set_exception(exc)

@@ -77,7 +77,9 @@ def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> Res
 class ServedModel:
     """One loaded pyfunc model, its predict threads and (optionally) its micro-batcher."""
 
-    def __init__(self, label: str, pyfunc: Any, max_concurrency: int, batching: BatchingConfig | None):
+    def __init__(
+        self, label: str, pyfunc: Any, max_concurrency: int, batching: BatchingConfig | None
+    ):
         self.label = label
         self.pyfunc = pyfunc
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"predict-{label}")
@@ -89,6 +91,14 @@ class ServedModel:
                 max_batch_size=batching.max_batch_size,
                 max_wait_s=batching.max_wait_ms / 1000,
             )
+
+    def describe(self) -> dict[str, object]:
+        """What `/ready` shows of this model."""
+        description: dict[str, object] = {"model": self.label}
+        if self._batcher is not None:
+            description["batches"] = self._batcher.batches_run
+            description["batched_requests"] = self._batcher.items_run
+        return description
 
     async def score(self, request: scoring.ScoringRequest) -> bytes:
         """The JSON body of a successful prediction; raises GatewayError on failure."""
@@ -157,6 +167,6 @@ def load_served_model(
 
     try:
         pyfunc = mlflow.pyfunc.load_model(resolved.load_uri)
-    except Exception as exc:  # noqa: BLE001 - any loader failure is a config problem
+    except Exception as exc:
         raise ValueError(f"cannot load {spec.model!r}: {type(exc).__name__}: {exc}") from exc
     return ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)

@@ -16,6 +16,7 @@ are cheap and run on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -87,10 +88,9 @@ class ScoringRequest:
     def from_body(cls, mime: str, body: bytes) -> ScoringRequest:
         document = None
         if mime == CONTENT_TYPE_JSON:
-            try:
+            # When orjson refuses a body, stdlib json decides later, with MLflow's exact wording.
+            with contextlib.suppress(orjson.JSONDecodeError):
                 document = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                pass  # stdlib json decides later, with MLflow's exact wording
         return cls(mime, body, document)
 
     def batch_shape(self) -> Hashable | None:
@@ -131,7 +131,8 @@ class ScoringRequest:
     def rows(self) -> list[Any]:
         """The rows of a batchable request (see `batch_shape`)."""
         doc = self.document
-        return doc[SPLIT]["data"] if SPLIT in doc else doc[RECORDS]
+        rows: list[Any] = doc[SPLIT]["data"] if SPLIT in doc else doc[RECORDS]
+        return rows
 
 
 def _flat(values: Any) -> bool:
@@ -155,7 +156,7 @@ def score_batch(model: Any, requests: Sequence[ScoringRequest]) -> list[bytes | 
     if len(requests) > 1:
         try:
             return _score_merged(model, requests)
-        except Exception:  # noqa: BLE001 - any failure: fall back to exact per-request scoring
+        except Exception:
             pass
     return [_score_or_error(model, request) for request in requests]
 
@@ -173,6 +174,7 @@ def _score_merged(model: Any, requests: Sequence[ScoringRequest]) -> list[bytes 
     first = requests[0].document
     counts = [len(request.rows()) for request in requests]
     rows = [row for request in requests for row in request.rows()]
+    merged: dict[str, Any]
     if SPLIT in first:
         merged = {SPLIT: {"columns": first[SPLIT]["columns"], "data": rows}}
     else:
