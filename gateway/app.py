@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +22,12 @@ from gateway.errors import (
     render_mlflow,
     render_openai,
 )
-from gateway.http import ClientDisconnected, Request, Response
+from gateway.http import ClientDisconnected, Request, Response, StreamingResponse
+from gateway.metering.usage import RecentUsage
 from gateway.router import Router
 from gateway.routes import DOCS_PATHS, ROUTES, Protocol
 from gateway.runtime import RuntimeHolder, build_runtime
+from gateway.state import GatewayState
 
 logger = logging.getLogger("gateway")
 
@@ -37,6 +40,7 @@ class GatewayApp:
     def __init__(self, loaded: LoadedConfig, *, on_fatal: Callable[[], None] | None = None) -> None:
         self.loaded = loaded
         self.holder = RuntimeHolder()
+        self.state = GatewayState(runtimes=self.holder, usage=RecentUsage())
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
         self._docs_app: Any = None
@@ -63,17 +67,19 @@ class GatewayApp:
             if path in DOCS_PATHS:
                 await self._docs(scope, receive, send)
                 return
-            response = _error_response(EndpointNotFound(f"No route for {path}."), "mlflow", False)
-            await response.send(send, [])
+            not_found = _error_response(EndpointNotFound(f"No route for {path}."), "mlflow", False)
+            await not_found.send(send, [])
             return
         route, params = matched
         request = Request(scope, receive, params)
         request_id = request.header(REQUEST_ID) or os.urandom(12).hex().encode()
+        request.request_id = request_id.decode("latin-1")
         extra = [(REQUEST_ID, request_id)]
+        response: Response | StreamingResponse
         try:
             if scope["method"] not in route.methods:
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
-            response = await route.handler(request, self.holder)
+            response = await route.handler(request, self.state)
         except GatewayError as error:
             expose = self.loaded.config.server.expose_stack_traces
             response = _error_response(error, route.protocol, expose)
@@ -82,7 +88,10 @@ class GatewayApp:
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], path)
             response = _error_response(GatewayError("Internal error."), route.protocol, False)
-        await response.send(send, extra)
+        if isinstance(response, StreamingResponse):
+            await response.send(send, extra, receive)
+        else:
+            await response.send(send, extra)
 
     async def _docs(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self._docs_app is None:
@@ -135,6 +144,9 @@ def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Re
         else render_mlflow(error, expose_stack_traces=expose)
     )
     headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
+    retry_after = getattr(error, "retry_after_s", None)
+    if error.status == 429:
+        headers.append((b"retry-after", str(max(1, math.ceil(retry_after or 1))).encode()))
     return Response(error.status, body, headers=headers)
 
 

@@ -58,8 +58,9 @@ def _principal(key: KeyConfig) -> Principal:
     )
 
 
+# An open gateway (no auth section) is a development setup: every caller may do everything.
 ANONYMOUS = Principal(
-    id="anonymous", roles=frozenset({"user"}), groups=(), digest="", endpoint_pattern=None
+    id="anonymous", roles=frozenset({"user", "admin"}), groups=(), digest="", endpoint_pattern=None
 )
 
 

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+import orjson
+
 from gateway.auth import key_digest, new_key
 from gateway.config_file import load_config_file
 from gateway.errors import ConfigError
@@ -81,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(path: str) -> int:
+    from gateway.backends.mlflow_model import CustomEndpoint
     from gateway.runtime import build_runtime
 
     try:
@@ -89,12 +92,10 @@ def _check(path: str) -> int:
     except ConfigError as exc:
         _print_issues(exc)
         return 1
-    for endpoint in runtime.endpoints.values():
-        labels = ", ".join(served.label for served in endpoint.served)
-        print(f"ok  {endpoint.name}: {labels}")
-    for endpoint in runtime.endpoints.values():
-        for served in endpoint.served:
-            served.discard()
+    for name, endpoint in runtime.endpoints.items():
+        print(f"ok  {name}: {orjson.dumps(endpoint.describe()).decode()}")
+        if isinstance(endpoint, CustomEndpoint):
+            endpoint.discard()
     print(f"config {path} is valid (version {loaded.version})")
     return 0
 

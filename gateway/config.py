@@ -7,7 +7,7 @@ Reading a file, interpolating `${VAR}` and turning validation errors into YAML p
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -56,15 +56,8 @@ class ServedModelConfig(Strict):
     traffic: int = Field(default=100, ge=0, le=100)
 
 
-class CustomEndpointConfig(Strict):
-    """An MLflow pyfunc model (or several, split by traffic) loaded into the gateway."""
-
+class EndpointBase(Strict):
     name: str
-    type: Literal["custom"]
-    default: bool = False
-    served_models: tuple[ServedModelConfig, ...]  # at least one: see config_file
-    batching: BatchingConfig | None = None
-    max_concurrency: int = Field(default=4, ge=1, le=256)  # predict threads per served model
 
     @field_validator("name")
     @classmethod
@@ -77,8 +70,101 @@ class CustomEndpointConfig(Strict):
         return value
 
 
-# Later endpoint types (foundation, external) join this as a union discriminated by `type`.
-EndpointConfig = CustomEndpointConfig
+class CustomEndpointConfig(EndpointBase):
+    """An MLflow pyfunc model (or several, split by traffic) loaded into the gateway."""
+
+    type: Literal["custom"]
+    default: bool = False
+    served_models: tuple[ServedModelConfig, ...]  # at least one: see config_file
+    batching: BatchingConfig | None = None
+    max_concurrency: int = Field(default=4, ge=1, le=256)  # predict threads per served model
+
+
+Task = Literal["chat", "completions", "embeddings"]
+
+
+class PricingConfig(Strict):
+    """USD per million tokens; what usage is billed at."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(default=0.0, ge=0)
+
+
+class ProvisionedConfig(Strict):
+    """Reserved capacity: `max_concurrent` calls in flight; others queue briefly, then 429."""
+
+    max_concurrent: int = Field(ge=1, le=100_000)
+    queue_timeout_s: float = Field(default=1.0, ge=0, le=60)
+
+
+class CooldownConfig(Strict):
+    """A deployment failing `failures` times in a row is skipped for `seconds`."""
+
+    failures: int = Field(default=3, ge=1)
+    seconds: float = Field(default=30.0, gt=0)
+
+
+def _none_if_blank(value: str | None) -> str | None:
+    return value if value and value.strip() else None
+
+
+class LLMEndpointBase(EndpointBase):
+    task: Task
+    pricing: PricingConfig | None = None
+    fallbacks: tuple[str, ...] = ()  # endpoint names, tried in order when this one fails
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    retries: int = Field(default=2, ge=0, le=10)
+    provisioned: ProvisionedConfig | None = None
+    cooldown: CooldownConfig = CooldownConfig()
+
+
+class DeploymentConfig(Strict):
+    """One replica of a self-hosted model behind an OpenAI-compatible server."""
+
+    api_base: str = Field(min_length=1)  # e.g. http://10.0.0.5:8000/v1
+    model: str = Field(min_length=1)  # the upstream's model name
+    api_key: SecretStr | None = None
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class FoundationEndpointConfig(LLMEndpointBase):
+    """A self-hosted open model (vLLM, TGI, Ollama, llama.cpp) speaking the OpenAI wire format."""
+
+    type: Literal["foundation"]
+    deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
+
+
+class ExternalEndpointConfig(LLMEndpointBase):
+    """A hosted provider: OpenAI-format ones are called directly, others through litellm."""
+
+    type: Literal["external"]
+    provider: str = Field(min_length=1)  # openai, azure, anthropic, bedrock, gemini, mistral, ...
+    model: str = Field(min_length=1)
+    api_key: SecretStr | None = None
+    api_base: str | None = None
+    api_version: str | None = None  # Azure OpenAI
+    options: dict[
+        str, str | int | float | bool
+    ] = {}  # extra provider settings, e.g. aws_region_name
+
+    @field_validator("api_base", "api_version")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        value = _none_if_blank(value)
+        return value.rstrip("/") if value else None
+
+
+EndpointConfig = Annotated[
+    CustomEndpointConfig | FoundationEndpointConfig | ExternalEndpointConfig,
+    Field(discriminator="type"),
+]
+LLMEndpointConfig = FoundationEndpointConfig | ExternalEndpointConfig
 
 
 class ServerConfig(Strict):

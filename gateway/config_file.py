@@ -139,14 +139,23 @@ def _literal_key_issues(document: dict[str, Any]) -> list[ConfigIssue]:
     ]
 
 
+_ENDPOINT_TYPES = frozenset({"custom", "foundation", "external"})
+
+
 def _issue_from_pydantic(error: Any) -> ConfigIssue:
-    location = tuple(error["loc"])
+    location = list(error["loc"])
+    # A discriminated union puts the chosen tag in the location: endpoints.0.custom.name.
+    if len(location) > 2 and location[0] == "endpoints" and location[2] in _ENDPOINT_TYPES:
+        del location[2]
     message = error["msg"]
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        location.append("type")
+        message = f"must be one of {', '.join(sorted(_ENDPOINT_TYPES))}"
+    elif error["type"] == "extra_forbidden":
         message = "unknown key"
     elif message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return ConfigIssue(format_path(location), message)
+    return ConfigIssue(format_path(tuple(location)), message)
 
 
 def cross_field_issues(document: dict[str, Any]) -> list[ConfigIssue]:

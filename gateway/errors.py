@@ -79,6 +79,16 @@ class UnsupportedMediaType(ClientError):
     error_code = "BAD_REQUEST"
 
 
+class RateLimited(ClientError):
+    status = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+    openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # --- the gateway's own state ---------------------------------------------------------------------
 
 
@@ -86,6 +96,50 @@ class NotReady(GatewayError):
     status = 503
     error_code = "TEMPORARILY_UNAVAILABLE"
     openai_type = "service_unavailable"
+
+
+# --- upstream errors: a provider failed us -------------------------------------------------------
+
+
+class UpstreamError(GatewayError):
+    """The upstream could not be reached, reset the connection, or failed (5xx, bad body)."""
+
+    status = 502
+    error_code = "BAD_GATEWAY"
+    openai_type = "upstream_error"
+    retriable: ClassVar[bool] = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_code = "DEADLINE_EXCEEDED"
+    openai_type = "timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream said 429; retried after its Retry-After, passed on as 429 if it persists."""
+
+    status = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+    openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamRejected(GatewayError):
+    """The upstream refused the request (4xx): passed on with its status and message."""
+
+    openai_type = "invalid_request_error"
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, status: int, upstream_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]  # per instance: the upstream decides it
+        self.error_code = f"UPSTREAM_{status}"  # type: ignore[misc]
+        if upstream_type:
+            self.openai_type = upstream_type  # type: ignore[misc]
 
 
 # --- model errors: raised while a custom model parses its input or predicts ---------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +17,14 @@ JSON = b"application/json"
 class Request:
     """A view of one ASGI HTTP request; headers are indexed on first use."""
 
-    __slots__ = ("_headers", "path_params", "receive", "scope")
+    __slots__ = ("_headers", "path_params", "receive", "request_id", "scope", "started")
 
     def __init__(self, scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
         self.scope = scope
         self.receive = receive
         self.path_params = path_params
+        self.request_id = ""  # set by the app: the client's x-request-id or a fresh one
+        self.started = time.perf_counter()  # for latency and gateway-overhead figures
         self._headers: dict[bytes, bytes] | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -73,3 +78,55 @@ class Response:
         ]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+class StreamingResponse:
+    """Sends `chunks` as they come; if the client disconnects, the chunk source is cancelled
+    (its `finally` blocks run, so an upstream stream is closed and its slot released)."""
+
+    def __init__(
+        self,
+        status: int,
+        chunks: AsyncIterator[bytes],
+        *,
+        content_type: bytes = b"text/event-stream",
+        headers: Headers | None = None,
+    ) -> None:
+        self.status = status
+        self.chunks = chunks
+        self.content_type = content_type
+        self.headers = headers or []
+
+    async def send(self, send: Any, extra_headers: Headers, receive: Any) -> None:
+        headers = [
+            (b"content-type", self.content_type),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *self.headers,
+            *extra_headers,
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+            closer = getattr(self.chunks, "aclose", None)
+            if closer is not None:
+                await closer()
+        if pump.done() and not pump.cancelled() and pump.exception() is not None:
+            raise pump.exception()  # type: ignore[misc]
+
+    async def _pump(self, send: Any) -> None:
+        async for chunk in self.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_for_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

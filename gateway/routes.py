@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.api import health, invocations
-from gateway.http import Request, Response
-from gateway.runtime import RuntimeHolder
+from gateway.api import admin, health, invocations, openai
+from gateway.http import Request, Response, StreamingResponse
+from gateway.state import GatewayState
 
-Handler = Callable[[Request, RuntimeHolder], Awaitable[Response]]
+Handler = Callable[[Request, GatewayState], Awaitable[Response | StreamingResponse]]
 Protocol = Literal["mlflow", "openai"]
 
 
@@ -32,6 +32,11 @@ ROUTES: tuple[Route, ...] = (
     Route("/live", GET, health.live),
     Route("/ready", GET, health.ready),
     Route("/version", GET, health.version),
+    Route("/v1/chat/completions", POST, openai.chat_completions, "openai"),
+    Route("/v1/completions", POST, openai.completions, "openai"),
+    Route("/v1/embeddings", POST, openai.embeddings, "openai"),
+    Route("/v1/models", GET, openai.list_models, "openai"),
+    Route("/admin/usage/recent", GET, admin.recent_usage),
 )
 
 # Served by the (lazily built) documentation app.

@@ -7,32 +7,64 @@ Building a snapshot may fail and then changes nothing; swapping one in cannot fa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gateway.auth import KeyRing
+from gateway.backends.custom_chat import CustomChatBackend
+from gateway.backends.http_pool import SessionPool
+from gateway.backends.llm import LLMBackend
 from gateway.backends.mlflow_model import CustomEndpoint, ServedModel, load_served_model
+from gateway.backends.openai_compat import (
+    OPENAI_FORMAT_PROVIDERS,
+    OpenAICompatBackend,
+    Target,
+    azure_target,
+    openai_target,
+)
+from gateway.config import (
+    CustomEndpointConfig,
+    ExternalEndpointConfig,
+    FoundationEndpointConfig,
+    LLMEndpointConfig,
+)
 from gateway.config_file import LoadedConfig
 from gateway.errors import ConfigError, ConfigIssue, EndpointNotFound, NotReady
+from gateway.llm_endpoint import LLMEndpoint
+from gateway.metering.pricing import price_for
 
 logger = logging.getLogger(__name__)
+
+Endpoint = CustomEndpoint | LLMEndpoint
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
     loaded: LoadedConfig
     keyring: KeyRing
-    endpoints: Mapping[str, CustomEndpoint]
+    endpoints: Mapping[str, Endpoint]
+    llm_endpoints: Mapping[str, LLMEndpoint]  # LLM endpoints and chat-capable custom ones
     default_endpoint: str | None
+    sessions: SessionPool
+    loaded_at: float  # epoch seconds
 
-    def endpoint(self, name: str) -> CustomEndpoint:
+    def endpoint(self, name: str) -> Endpoint:
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             raise EndpointNotFound(f"Endpoint {name!r} does not exist.")
         return endpoint
 
-    def default(self) -> CustomEndpoint:
+    def llm_endpoint(self, name: str) -> LLMEndpoint:
+        endpoint = self.llm_endpoints.get(name)
+        if endpoint is None:
+            if name in self.endpoints:
+                raise EndpointNotFound(f"Endpoint {name!r} is not an LLM or chat endpoint.")
+            raise EndpointNotFound(f"The model {name!r} does not exist.")
+        return endpoint
+
+    def default(self) -> Endpoint:
         if self.default_endpoint is None:
             raise EndpointNotFound(
                 "No default endpoint is configured: set `default: true` on one endpoint,"
@@ -43,17 +75,69 @@ class Runtime:
     async def aclose(self) -> None:
         for endpoint in self.endpoints.values():
             await endpoint.aclose()
+        await self.sessions.aclose()
 
 
 def build_runtime(loaded: LoadedConfig) -> Runtime:
-    """Load every model of the config (blocking; models load in parallel threads).
+    """Load every model and prepare every upstream of the config (blocking: call from a thread).
 
-    Raises ConfigError listing every model that failed, by YAML path.
+    Raises ConfigError listing every problem, by YAML path.
     """
+    config = loaded.config
+    custom = _load_custom_endpoints(loaded)
+    sessions = SessionPool()
+    issues: list[ConfigIssue] = []
+    endpoints: dict[str, Endpoint] = {}
+    llm: dict[str, LLMEndpoint] = {}
+    for i, endpoint_config in enumerate(config.endpoints):
+        if isinstance(endpoint_config, CustomEndpointConfig):
+            endpoint = custom[endpoint_config.name]
+            endpoints[endpoint.name] = endpoint
+            if endpoint.is_chat:
+                llm[endpoint.name] = LLMEndpoint(
+                    endpoint.name,
+                    "chat",
+                    CustomChatBackend(endpoint),
+                    price=None,
+                    timeout_s=300,
+                    retries=0,
+                )
+            continue
+        try:
+            built = _llm_endpoint(endpoint_config, sessions)
+        except ValueError as exc:
+            issues.append(ConfigIssue(f"endpoints[{i}]", str(exc)))
+            continue
+        endpoints[built.name] = llm[built.name] = built
+    if issues:
+        for endpoint in custom.values():
+            endpoint.discard()
+        raise ConfigError(issues)
+
+    default = next(
+        (e.name for e in config.endpoints if isinstance(e, CustomEndpointConfig) and e.default),
+        None,
+    )
+    if default is None and len(custom) == 1:
+        default = next(iter(custom))  # one custom endpoint: /invocations is unambiguous
+    return Runtime(
+        loaded=loaded,
+        keyring=KeyRing(config.auth),
+        endpoints=endpoints,
+        llm_endpoints=llm,
+        default_endpoint=default,
+        sessions=sessions,
+        loaded_at=time.time(),
+    )
+
+
+def _load_custom_endpoints(loaded: LoadedConfig) -> dict[str, CustomEndpoint]:
+    """Load every served model, in parallel threads; ConfigError lists every failure."""
     config = loaded.config
     jobs = [
         (i, j, endpoint, served)
         for i, endpoint in enumerate(config.endpoints)
+        if isinstance(endpoint, CustomEndpointConfig)
         for j, served in enumerate(endpoint.served_models)
     ]
     results: dict[tuple[int, int], ServedModel] = {}
@@ -78,21 +162,59 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
         for model in results.values():
             model.discard()
         raise ConfigError(issues)
-
-    endpoints = {
+    return {
         endpoint.name: CustomEndpoint(
             endpoint.name,
             [results[(i, j)] for j in range(len(endpoint.served_models))],
             [served.traffic for served in endpoint.served_models],
         )
         for i, endpoint in enumerate(config.endpoints)
+        if isinstance(endpoint, CustomEndpointConfig)
     }
-    default = next((e.name for e in config.endpoints if e.default), None)
-    if default is None and len(config.endpoints) == 1:
-        default = config.endpoints[0].name  # one endpoint: /invocations is unambiguous
-    return Runtime(
-        loaded=loaded, keyring=KeyRing(config.auth), endpoints=endpoints, default_endpoint=default
+
+
+def _llm_endpoint(config: LLMEndpointConfig, sessions: SessionPool) -> LLMEndpoint:
+    return LLMEndpoint(
+        config.name,
+        config.task,
+        _llm_backend(config, sessions),
+        price=price_for(config),
+        timeout_s=config.timeout_s,
+        retries=config.retries,
+        fallbacks=config.fallbacks,
+        max_concurrent=config.provisioned.max_concurrent if config.provisioned else None,
+        queue_timeout_s=config.provisioned.queue_timeout_s if config.provisioned else 1.0,
     )
+
+
+def _llm_backend(config: LLMEndpointConfig, sessions: SessionPool) -> LLMBackend:
+    if isinstance(config, FoundationEndpointConfig):
+        targets = [
+            openai_target(
+                f"{config.name}/{i}",
+                d.api_base,
+                d.model,
+                d.api_key.get_secret_value() if d.api_key else None,
+            )
+            for i, d in enumerate(config.deployments)
+        ]
+        return OpenAICompatBackend(targets, sessions, config.cooldown)
+    if config.provider in OPENAI_FORMAT_PROVIDERS:
+        return OpenAICompatBackend([_external_target(config)], sessions, config.cooldown)
+    from gateway.backends.external import LiteLLMBackend
+
+    return LiteLLMBackend(config)
+
+
+def _external_target(config: ExternalEndpointConfig) -> Target:
+    api_base = config.api_base or OPENAI_FORMAT_PROVIDERS[config.provider]
+    if api_base is None:
+        raise ValueError(f"provider {config.provider!r} needs an api_base")
+    key = config.api_key.get_secret_value() if config.api_key else None
+    label = f"{config.provider}/{config.model}"
+    if config.provider == "azure":
+        return azure_target(label, api_base, config.model, key, config.api_version)
+    return openai_target(label, api_base, config.model, key)
 
 
 class RuntimeHolder:

@@ -36,7 +36,7 @@ def test_check_accepts_a_valid_config_and_loads_its_models(models: TestModels, t
     )
     result = gateway_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert "ok  iris:" in result.stdout
+    assert "ok  iris: " in result.stdout
 
 
 def test_check_lists_every_problem_by_path(tmp_path: Path) -> None:

@@ -6,27 +6,27 @@ import orjson
 
 from gateway import __version__
 from gateway.http import Request, Response
-from gateway.runtime import RuntimeHolder
+from gateway.state import GatewayState
 
 _NOT_READY = orjson.dumps({"status": "loading"})
 
 
-async def ping(request: Request, holder: RuntimeHolder) -> Response:
+async def ping(request: Request, state: GatewayState) -> Response:
     """MLflow's `/ping` and `/health`: 200 once the models are loaded (503 until then)."""
-    if holder.current is None:
+    if state.runtimes.current is None:
         return Response(503, _NOT_READY)
     return Response(200, b"\n")
 
 
-async def live(request: Request, holder: RuntimeHolder) -> Response:
+async def live(request: Request, state: GatewayState) -> Response:
     """Liveness: the process answers."""
     return Response(200, b'{"status":"ok"}')
 
 
-async def ready(request: Request, holder: RuntimeHolder) -> Response:
-    runtime = holder.current
+async def ready(request: Request, state: GatewayState) -> Response:
+    runtime = state.runtimes.current
     if runtime is None:
-        failure = str(holder.failure) if holder.failure else None
+        failure = str(state.runtimes.failure) if state.runtimes.failure else None
         return Response(503, orjson.dumps({"ready": False, "error": failure}))
     return Response(
         200,
@@ -35,15 +35,14 @@ async def ready(request: Request, holder: RuntimeHolder) -> Response:
                 "ready": True,
                 "config_version": runtime.loaded.version,
                 "endpoints": {
-                    name: [served.describe() for served in endpoint.served]
-                    for name, endpoint in runtime.endpoints.items()
+                    name: endpoint.describe() for name, endpoint in runtime.endpoints.items()
                 },
             }
         ),
     )
 
 
-async def version(request: Request, holder: RuntimeHolder) -> Response:
+async def version(request: Request, state: GatewayState) -> Response:
     """MLflow's `/version` answers with the MLflow version; we add our own beside it."""
     from importlib.metadata import version as package_version
 

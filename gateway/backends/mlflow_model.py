@@ -21,6 +21,7 @@ from gateway.errors import GatewayError
 logger = logging.getLogger(__name__)
 
 REGISTRY_SCHEME = "models:/"
+CHAT_MODEL_LOADER = "mlflow.pyfunc.loaders.chat_model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,8 @@ class ServedModel:
     ):
         self.label = label
         self.pyfunc = pyfunc
+        flavor = pyfunc.metadata.flavors.get("python_function", {})
+        self.is_chat = flavor.get("loader_module") == CHAT_MODEL_LOADER
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"predict-{label}")
         self._batcher: MicroBatcher[scoring.ScoringRequest, bytes | GatewayError] | None = None
         if batching is not None:
@@ -134,12 +137,17 @@ class CustomEndpoint:
     def __init__(self, name: str, served: list[ServedModel], weights: list[int]) -> None:
         self.name = name
         self.served = served
+        # Reachable through /v1/chat/completions when every served model is a ChatModel.
+        self.is_chat = all(model.is_chat for model in served)
         self._cumulative: list[int] = []
         total = 0
         for weight in weights:
             total += weight
             self._cumulative.append(total)
         self._total = total
+
+    def describe(self) -> list[dict[str, object]]:
+        return [served.describe() for served in self.served]
 
     def pick(self) -> ServedModel:
         if len(self.served) == 1:
@@ -150,6 +158,10 @@ class CustomEndpoint:
     async def aclose(self) -> None:
         for served in self.served:
             await served.aclose()
+
+    def discard(self) -> None:
+        for served in self.served:
+            served.discard()
 
 
 def load_served_model(

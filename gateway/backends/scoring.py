@@ -128,6 +128,19 @@ class ScoringRequest:
             return (RECORDS, keys)
         return None
 
+    def row_count(self) -> int:
+        """Rows in a JSON tabular request (0 when not known without parsing the body)."""
+        doc = self.document
+        if not isinstance(doc, dict):
+            return 0
+        for key in (RECORDS, "instances", "inputs"):
+            if isinstance(doc.get(key), list):
+                return len(doc[key])
+        split = doc.get(SPLIT)
+        if isinstance(split, dict) and isinstance(split.get("data"), list):
+            return len(split["data"])
+        return 0
+
     def rows(self) -> list[Any]:
         """The rows of a batchable request (see `batch_shape`)."""
         doc = self.document

@@ -1,0 +1,243 @@
+"""One LLM call, whatever route it came by: validate, route (with fallbacks), relay, meter.
+
+Non-streaming answers are relayed as the upstream sent them. Streams are relayed event by event
+as they arrive; the usage the gateway asked the upstream for is read on the way and, if the client
+did not ask for it, its chunk is left out. Every call ends in exactly one usage event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway import llm_routing
+from gateway.auth import Principal
+from gateway.backends.llm import LLMRequest, Streaming
+from gateway.backends.openai_compat import usage_from
+from gateway.config import Task
+from gateway.errors import BadRequest, GatewayError, render_openai
+from gateway.http import Request, Response, StreamingResponse
+from gateway.llm_endpoint import LLMEndpoint
+from gateway.metering.tokens import count_tokens, message_texts
+from gateway.metering.usage import TokenUsage, UsageEvent
+from gateway.runtime import Runtime
+from gateway.sse import event_data
+from gateway.state import GatewayState
+
+SERVED_MODEL = b"x-served-model"
+OVERHEAD = b"x-gateway-overhead-ms"
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away"
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return document
+
+
+def validate(task: Task, endpoint: LLMEndpoint, body: dict[str, Any]) -> LLMRequest:
+    if endpoint.task != task:
+        raise BadRequest(
+            f"Endpoint {endpoint.name!r} serves {endpoint.task}, not {task}: call its own route."
+        )
+    required = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[task]
+    value = body.get(required)
+    if value is None or (isinstance(value, (list, str)) and not value and task == "chat"):
+        raise BadRequest(f"'{required}' is required.")
+    if task == "chat" and not (
+        isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
+    ):
+        raise BadRequest("'messages' must be a list of objects with a 'role'.")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.")
+    if stream and task == "embeddings":
+        raise BadRequest("Embeddings cannot be streamed.")
+    for field in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(field)
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise BadRequest(f"'{field}' must be a positive integer.")
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return LLMRequest(task=task, body=body, stream=stream, client_wants_usage=wants_usage)
+
+
+async def call_llm_endpoint(
+    request: Request,
+    state: GatewayState,
+    runtime: Runtime,
+    principal: Principal,
+    endpoint: LLMEndpoint,
+    task: Task,
+    body: dict[str, Any],
+) -> Response | StreamingResponse:
+    llm_request = validate(task, endpoint, body)
+    meter = Meter(request, state, principal, endpoint)
+    try:
+        if llm_request.stream:
+            routed_stream = await llm_routing.open_stream(
+                endpoint, runtime.llm_endpoints, llm_request
+            )
+        else:
+            routed = await llm_routing.complete(endpoint, runtime.llm_endpoints, llm_request)
+    except GatewayError as error:
+        meter.finish(error.status, None, overhead_ms=0.0)
+        raise
+    if not llm_request.stream:
+        completed = routed.result
+        meter.served(routed.endpoint, completed.served, routed.fallback_used)
+        usage = completed.usage or await estimate_usage(llm_request, completed.body)
+        overhead = meter.overhead_ms(completed.upstream_ms)
+        meter.finish(200, usage, overhead_ms=overhead)
+        return Response(200, completed.body, headers=[*meter.headers(), _overhead_header(overhead)])
+    streaming = routed_stream.result
+    meter.served(routed_stream.endpoint, streaming.served, routed_stream.fallback_used)
+    overhead = meter.overhead_ms(streaming.upstream_ms)
+    return StreamingResponse(
+        200,
+        relay(streaming, llm_request, meter, overhead),
+        headers=[*meter.headers(), _overhead_header(overhead)],
+    )
+
+
+def _overhead_header(overhead_ms: float) -> tuple[bytes, bytes]:
+    return (OVERHEAD, f"{overhead_ms:.3f}".encode())
+
+
+async def relay(
+    streaming: Streaming, request: LLMRequest, meter: Meter, overhead_ms: float
+) -> AsyncIterator[bytes]:
+    """The upstream's events, as they come, less the usage chunk the client did not ask for."""
+    usage: TokenUsage | None = None
+    texts: list[str] = []
+    status = CLIENT_CLOSED  # until the stream ends one way or another
+    try:
+        async for event in streaming.events:
+            data = event_data(event)
+            if data is None or data == b"[DONE]":
+                yield event
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                yield event
+                continue
+            if isinstance(chunk, dict):
+                found = usage_from(chunk.get("usage"))
+                if found is not None:
+                    usage = found
+                    if not chunk.get("choices") and not request.client_wants_usage:
+                        continue
+                texts += _chunk_texts(chunk)
+            yield event
+        status = 200
+    except GatewayError as error:  # after the first byte: end the stream with an error event
+        status = error.status
+        yield b"data: " + render_openai(error) + b"\n\n"
+    finally:
+        await streaming.aclose()
+        if usage is None:
+            usage = await _estimate(request, texts)
+        meter.finish(status, usage, overhead_ms=overhead_ms)
+
+
+def _chunk_texts(chunk: dict[str, Any]) -> list[str]:
+    texts = []
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
+async def estimate_usage(request: LLMRequest, body: bytes) -> TokenUsage:
+    """Usage counted by the gateway, for upstreams that report none."""
+    texts: list[str] = []
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = {}
+    for choice in document.get("choices") or () if isinstance(document, dict) else ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return await _estimate(request, texts)
+
+
+async def _estimate(request: LLMRequest, completion_texts: list[str]) -> TokenUsage:
+    body = request.body
+    if request.task == "chat":
+        prompt_texts = message_texts(body.get("messages"))
+    else:
+        field = body.get("prompt" if request.task == "completions" else "input")
+        prompt_texts = (
+            [field] if isinstance(field, str) else [t for t in field or () if isinstance(t, str)]
+        )
+    prompt, completion = await asyncio.to_thread(
+        lambda: (count_tokens(prompt_texts), count_tokens(completion_texts))
+    )
+    return TokenUsage(prompt, completion, estimated=True)
+
+
+class Meter:
+    """Times one call and turns it into its usage event."""
+
+    __slots__ = ("_endpoint", "_fallback", "_principal", "_request", "_served", "_state", "_wall")
+
+    def __init__(
+        self, request: Request, state: GatewayState, principal: Principal, endpoint: LLMEndpoint
+    ) -> None:
+        self._request = request
+        self._state = state
+        self._principal = principal
+        self._endpoint = endpoint
+        self._served = ""
+        self._fallback = False
+        self._wall = time.time() - (time.perf_counter() - request.started)
+
+    def served(self, endpoint: LLMEndpoint, served: str, fallback_used: bool) -> None:
+        self._endpoint = endpoint
+        self._served = served
+        self._fallback = fallback_used
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        value = f"{self._endpoint.name}/{self._served}" + (";fallback" if self._fallback else "")
+        return [(SERVED_MODEL, value.encode())]
+
+    def overhead_ms(self, upstream_ms: float) -> float:
+        return max(0.0, (time.perf_counter() - self._request.started) * 1000 - upstream_ms)
+
+    def finish(self, status: int, usage: TokenUsage | None, *, overhead_ms: float) -> None:
+        latency_ms = (time.perf_counter() - self._request.started) * 1000
+        price = self._endpoint.price
+        self._state.usage.record(
+            UsageEvent(
+                request_id=self._request.request_id,
+                time=self._wall,
+                principal=self._principal.id,
+                groups=self._principal.groups,
+                endpoint=self._endpoint.name,
+                served=self._served,
+                route=self._request.scope["path"],
+                status=status,
+                latency_ms=latency_ms,
+                overhead_ms=overhead_ms,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                estimated=usage.estimated if usage else False,
+                cost_usd=price.cost(usage) if price and usage else 0.0,
+                fallback_used=self._fallback,
+            )
+        )

@@ -1,0 +1,302 @@
+"""Upstreams that speak OpenAI's wire format: every `foundation` server and OpenAI-format providers.
+
+The client's body is forwarded with only `model` rewritten (and, for streams, usage requested);
+the upstream's answer is relayed as it came. Deployments are balanced by least in-flight calls,
+and one that keeps failing is cooled down for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.backends.http_pool import SessionPool
+from gateway.backends.llm import Completed, LLMRequest, Streaming
+from gateway.config import CooldownConfig, Task
+from gateway.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from gateway.metering.usage import TokenUsage
+from gateway.sse import sse_events
+
+TASK_PATHS: dict[Task, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+
+# Hosted providers whose API is OpenAI's wire format, by their default base URL.
+OPENAI_FORMAT_PROVIDERS: dict[str, str | None] = {
+    "openai": "https://api.openai.com/v1",
+    "azure": None,  # needs api_base (https://NAME.openai.azure.com)
+    "mistral": "https://api.mistral.ai/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "together_ai": "https://api.together.xyz/v1",
+    "fireworks_ai": "https://api.fireworks.ai/inference/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "perplexity": "https://api.perplexity.ai",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "xai": "https://api.x.ai/v1",
+    "openai_compatible": None,  # any other OpenAI-format server: needs api_base
+}
+AZURE_DEFAULT_API_VERSION = "2024-10-21"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one deployment's calls go: URL per task, headers, and the upstream's model name."""
+
+    label: str
+    urls: dict[Task, str]
+    headers: dict[str, str]
+    model: str | None  # None: the URL names the model (Azure deployments)
+
+
+def openai_target(label: str, api_base: str, model: str, api_key: str | None) -> Target:
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return Target(
+        label, {task: api_base + path for task, path in TASK_PATHS.items()}, headers, model
+    )
+
+
+def azure_target(
+    label: str, api_base: str, deployment: str, api_key: str | None, version: str | None
+) -> Target:
+    query = f"?api-version={version or AZURE_DEFAULT_API_VERSION}"
+    base = f"{api_base}/openai/deployments/{deployment}"
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["api-key"] = api_key
+    return Target(
+        label, {task: base + path + query for task, path in TASK_PATHS.items()}, headers, None
+    )
+
+
+class _Deployment:
+    __slots__ = ("cooled_until", "failures", "in_flight", "target")
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.in_flight = 0
+        self.failures = 0  # consecutive
+        self.cooled_until = 0.0
+
+
+class OpenAICompatBackend:
+    def __init__(
+        self, targets: list[Target], sessions: SessionPool, cooldown: CooldownConfig
+    ) -> None:
+        self._deployments = [_Deployment(target) for target in targets]
+        self._sessions = sessions
+        self._cooldown = cooldown
+
+    # --- choosing a deployment -----------------------------------------------------------------
+
+    def _choose(self) -> _Deployment:
+        if len(self._deployments) == 1:
+            return self._deployments[0]
+        now = time.monotonic()
+        healthy = [d for d in self._deployments if d.cooled_until <= now]
+        if not healthy:  # all cooling down: the one that recovers first is the best bet
+            return min(self._deployments, key=lambda d: d.cooled_until)
+        fewest = min(d.in_flight for d in healthy)
+        return random.choice([d for d in healthy if d.in_flight == fewest])
+
+    def _record(self, deployment: _Deployment, error: BaseException | None) -> None:
+        if error is None or not getattr(error, "retriable", False):
+            deployment.failures = 0
+            return
+        deployment.failures += 1
+        if deployment.failures >= self._cooldown.failures:
+            deployment.failures = 0
+            deployment.cooled_until = time.monotonic() + self._cooldown.seconds
+
+    def cooled_down(self) -> list[str]:
+        now = time.monotonic()
+        return [d.target.label for d in self._deployments if d.cooled_until > now]
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def _payload(self, request: LLMRequest, target: Target) -> bytes:
+        body = dict(request.body)
+        if target.model is None:
+            body.pop("model", None)
+        else:
+            body["model"] = target.model
+        if request.stream:
+            # Usage must be known for every stream: ask even when the client did not.
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return orjson.dumps(body)
+
+    async def complete(self, request: LLMRequest, timeout_s: float) -> Completed:
+        deployment = self._choose()
+        target = deployment.target
+        url = target.urls[request.task]
+        session = self._sessions.session_for(url)
+        deployment.in_flight += 1
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.post(
+                    url, data=self._payload(request, target), headers=target.headers
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("retry-after")
+            if status >= 400:
+                raise upstream_status_error(status, body, retry_after, target.label)
+            return Completed(
+                body,
+                usage_from_body(body, target.label),
+                target.label,
+                (time.perf_counter() - started) * 1000,
+            )
+        except BaseException as exc:
+            error = translate_transport_error(exc, target.label, timeout_s)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            deployment.in_flight -= 1
+            self._record(deployment, error)
+
+    async def open_stream(self, request: LLMRequest, timeout_s: float) -> Streaming:
+        deployment = self._choose()
+        target = deployment.target
+        url = target.urls[request.task]
+        session = self._sessions.session_for(url)
+        deployment.in_flight += 1
+        started = time.perf_counter()
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await session.post(
+                    url, data=self._payload(request, target), headers=target.headers
+                )
+                if response.status >= 400:
+                    body = await response.read()
+                    raise upstream_status_error(
+                        response.status, body, response.headers.get("retry-after"), target.label
+                    )
+        except BaseException as exc:
+            deployment.in_flight -= 1
+            if response is not None:
+                response.release()
+            error = translate_transport_error(exc, target.label, timeout_s)
+            self._record(deployment, error)
+            if error is exc:
+                raise
+            raise error from exc
+
+        finished = False
+
+        async def events() -> AsyncIterator[bytes]:
+            nonlocal finished
+            try:
+                async for event in sse_events(response.content.iter_any(), timeout_s):
+                    yield event
+            except BaseException as exc:
+                error = translate_transport_error(exc, target.label, timeout_s)
+                if error is exc:
+                    raise
+                raise error from exc
+            finished = True
+
+        async def close() -> None:
+            nonlocal finished
+            if response is not None:
+                if finished:
+                    response.release()
+                else:
+                    response.close()  # drops the connection: the upstream sees the cancel
+            if deployment.in_flight > 0:
+                deployment.in_flight -= 1
+            self._record(deployment, None)
+
+        return Streaming(events(), target.label, (time.perf_counter() - started) * 1000, [close])
+
+    async def aclose(self) -> None:
+        """Sessions belong to the shared pool, closed with the runtime."""
+
+
+def usage_from_body(body: bytes, label: str) -> TokenUsage | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"Upstream {label} returned a body that is not JSON.") from exc
+    return usage_from(document.get("usage") if isinstance(document, dict) else None)
+
+
+def usage_from(usage: Any) -> TokenUsage | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens") or 0
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return TokenUsage(prompt, completion)
+
+
+def upstream_status_error(
+    status: int, body: bytes, retry_after: str | None, label: str
+) -> Exception:
+    message, kind = _error_message(body)
+    where = f"Upstream {label} answered {status}"
+    if status == 429:
+        return UpstreamRateLimited(
+            f"{where}: {message}", retry_after_s=parse_retry_after(retry_after)
+        )
+    if status >= 500:
+        return UpstreamError(f"{where}: {message}")
+    return UpstreamRejected(message or where, status=status, upstream_type=kind)
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:500].decode("utf-8", "replace").strip(), None
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        kind = error.get("type")
+        return str(error.get("message", "")), kind if isinstance(kind, str) else None
+    if isinstance(error, str):
+        return error, None
+    return str(document)[:500], None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from LLM APIs; fall back to our own backoff
+
+
+def translate_transport_error(exc: BaseException, label: str, timeout_s: float) -> BaseException:
+    """aiohttp and timeout exceptions → the gateway's upstream errors; others unchanged."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"Upstream {label} did not answer within {timeout_s:g} s.")
+    if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
+        return UpstreamError(
+            f"Upstream {label} is unreachable or dropped the connection ({type(exc).__name__})."
+        )
+    return exc

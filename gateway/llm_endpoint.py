@@ -1,0 +1,124 @@
+"""An LLM endpoint: a backend plus the endpoint's policy (timeout, retries, capacity, price).
+
+Sending is layered, one concern per function: fallbacks (`llm_routing.py`) → retries (here) →
+one attempt (the backend) → transport (aiohttp or litellm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from gateway.backends.llm import Completed, LLMBackend, LLMRequest, Streaming
+from gateway.config import Task
+from gateway.errors import RateLimited, UpstreamError, UpstreamRateLimited
+from gateway.metering.usage import Price
+
+Result = TypeVar("Result")
+
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 2.0
+RETRY_AFTER_CAP_S = 10.0
+
+
+class LLMEndpoint:
+    kind = "llm"
+
+    def __init__(
+        self,
+        name: str,
+        task: Task,
+        backend: LLMBackend,
+        *,
+        price: Price | None,
+        timeout_s: float,
+        retries: int,
+        fallbacks: tuple[str, ...] = (),
+        max_concurrent: int | None = None,
+        queue_timeout_s: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.task = task
+        self.backend = backend
+        self.price = price
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.fallbacks = fallbacks
+        self._capacity = asyncio.Semaphore(max_concurrent) if max_concurrent else None
+        self._queue_timeout_s = queue_timeout_s
+
+    def describe(self) -> dict[str, object]:
+        description: dict[str, object] = {"task": self.task, "fallbacks": list(self.fallbacks)}
+        cooled = getattr(self.backend, "cooled_down", None)
+        if cooled is not None:
+            description["cooled_down"] = cooled()
+        return description
+
+    async def _acquire(self) -> Callable[[], Awaitable[None]]:
+        """A provisioned-capacity slot, held for the whole call (a stream's until it ends)."""
+        if self._capacity is None:
+            return _nothing
+        try:
+            async with asyncio.timeout(self._queue_timeout_s):
+                await self._capacity.acquire()
+        except TimeoutError as exc:
+            raise RateLimited(
+                f"Endpoint {self.name!r} is at its provisioned capacity; retry shortly.",
+                retry_after_s=1,
+            ) from exc
+        capacity = self._capacity
+        released = False
+
+        async def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                capacity.release()
+
+        return release
+
+    async def complete(self, request: LLMRequest) -> Completed:
+        release = await self._acquire()
+        try:
+            return await self._with_retries(lambda: self.backend.complete(request, self.timeout_s))
+        finally:
+            await release()
+
+    async def open_stream(self, request: LLMRequest) -> Streaming:
+        release = await self._acquire()
+        try:
+            # Retries only before the first byte reaches the client: until the stream is open.
+            streaming = await self._with_retries(
+                lambda: self.backend.open_stream(request, self.timeout_s)
+            )
+        except BaseException:
+            await release()
+            raise
+        streaming.closers.append(release)
+        return streaming
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Result]]) -> Result:
+        for number in range(self.retries + 1):
+            try:
+                return await attempt()
+            except UpstreamError as error:
+                if number == self.retries:
+                    raise
+                await asyncio.sleep(_backoff_s(number, error))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _backoff_s(attempt: int, error: UpstreamError) -> float:
+    if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+        return min(error.retry_after_s, RETRY_AFTER_CAP_S)
+    # Exponential backoff with full jitter.
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))

@@ -1,0 +1,55 @@
+"""Fallbacks: when an endpoint's retries are exhausted, its `fallbacks` are tried in order."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from gateway.backends.llm import Completed, LLMRequest, Streaming
+from gateway.errors import UpstreamError
+from gateway.llm_endpoint import LLMEndpoint
+
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Generic[Result]):
+    result: Result
+    endpoint: LLMEndpoint  # the one that answered
+    fallback_used: bool
+
+
+def chain(endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint]) -> list[LLMEndpoint]:
+    """The endpoint, then its fallbacks (only those configured with the same task)."""
+    found = [endpoint]
+    for name in endpoint.fallbacks:
+        fallback = endpoints.get(name)
+        if fallback is not None and fallback.task == endpoint.task and fallback not in found:
+            found.append(fallback)
+    return found
+
+
+async def _first_success(
+    candidates: list[LLMEndpoint], call: Callable[[LLMEndpoint], Awaitable[Result]]
+) -> Routed[Result]:
+    last_error: UpstreamError | None = None
+    for position, candidate in enumerate(candidates):
+        try:
+            return Routed(await call(candidate), candidate, position > 0)
+        except UpstreamError as error:  # 4xx (UpstreamRejected) is the caller's: no fallback
+            last_error = error
+    assert last_error is not None
+    raise last_error
+
+
+async def complete(
+    endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint], request: LLMRequest
+) -> Routed[Completed]:
+    return await _first_success(chain(endpoint, endpoints), lambda e: e.complete(request))
+
+
+async def open_stream(
+    endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint], request: LLMRequest
+) -> Routed[Streaming]:
+    return await _first_success(chain(endpoint, endpoints), lambda e: e.open_stream(request))

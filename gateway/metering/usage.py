@@ -1,0 +1,80 @@
+"""What one request used, as one event, and the sink events go to.
+
+The hot path only builds an event and hands it to `UsageSink.record`, which must not block;
+storing events durably is the ledger's job (a later milestone). Until then `RecentUsage` keeps
+the latest events in memory for `/admin/usage/recent` and tests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False  # counted by the gateway because the upstream reported none
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per token, resolved once per config version."""
+
+    input_per_token: float
+    output_per_token: float
+
+    def cost(self, usage: TokenUsage) -> float:
+        return (
+            usage.prompt_tokens * self.input_per_token
+            + usage.completion_tokens * self.output_per_token
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    request_id: str
+    time: float  # epoch seconds at the request's start
+    principal: str
+    groups: tuple[str, ...]
+    endpoint: str
+    served: str  # served model or deployment that answered ("" when none did)
+    route: str
+    status: int
+    latency_ms: float
+    overhead_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    rows: int = 0  # rows predicted (custom models)
+    cost_usd: float = 0.0
+    fallback_used: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class UsageSink(Protocol):
+    def record(self, event: UsageEvent) -> None:
+        """Take one event; must not block the event loop."""
+
+
+class RecentUsage:
+    """The latest events, in memory (bounded)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._events: deque[UsageEvent] = deque(maxlen=capacity)
+
+    def record(self, event: UsageEvent) -> None:
+        self._events.append(event)
+
+    def latest(self, limit: int) -> list[UsageEvent]:
+        if limit <= 0:
+            return []
+        return list(self._events)[-limit:]

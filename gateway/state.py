@@ -1,0 +1,14 @@
+"""What lives as long as the process, across config versions: runtimes and the usage sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.metering.usage import RecentUsage
+from gateway.runtime import RuntimeHolder
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    runtimes: RuntimeHolder
+    usage: RecentUsage
