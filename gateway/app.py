@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from gateway import anthropic_format
 from gateway.config_file import LoadedConfig, load_config_file
 from gateway.errors import (
     ConfigError,
@@ -45,6 +46,7 @@ class GatewayApp:
         self._on_fatal = on_fatal
         self._docs_app: Any = None
         self._loading: asyncio.Task[None] | None = None
+        self._warming: list[asyncio.Task[None]] = []
         if loaded.config.auth is None:
             logger.warning(
                 "NO AUTH CONFIGURED: the gateway is open to anyone who can reach it."
@@ -123,6 +125,7 @@ class GatewayApp:
                 self._on_fatal()
             return
         self.holder.current = runtime
+        self._warming = [asyncio.create_task(warm()) for warm in runtime.warm_ups()]
         logger.info(
             "ready: config version %s, endpoints: %s",
             self.loaded.version,
@@ -130,19 +133,21 @@ class GatewayApp:
         )
 
     async def _shutdown(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
+        for task in [self._loading, *self._warming]:
+            if task is not None and not task.done():
+                task.cancel()
         runtime = self.holder.current
         if runtime is not None:
             await runtime.aclose()
 
 
 def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:
-    body = (
-        render_openai(error)
-        if protocol == "openai"
-        else render_mlflow(error, expose_stack_traces=expose)
-    )
+    if protocol == "openai":
+        body = render_openai(error)
+    elif protocol == "anthropic":
+        body = anthropic_format.error_body(error)
+    else:
+        body = render_mlflow(error, expose_stack_traces=expose)
     headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
     retry_after = getattr(error, "retry_after_s", None)
     if error.status == 429:

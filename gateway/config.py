@@ -137,7 +137,7 @@ class FoundationEndpointConfig(LLMEndpointBase):
     """A self-hosted open model (vLLM, TGI, Ollama, llama.cpp) speaking the OpenAI wire format."""
 
     type: Literal["foundation"]
-    deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
+    deployments: tuple[DeploymentConfig, ...]  # at least one: see config_file
 
 
 class ExternalEndpointConfig(LLMEndpointBase):

@@ -202,8 +202,11 @@ def _endpoint_issues(endpoints: list[tuple[int, dict[str, Any]]]) -> list[Config
                         f" (endpoints[{first_default}] already is)",
                     )
                 )
+        issues += _fallback_issues(where, endpoint, endpoints)
+        if endpoint.get("type") == "foundation" and endpoint.get("deployments") == []:
+            issues.append(ConfigIssue(f"{where}.deployments", "needs at least one deployment"))
         served = endpoint.get("served_models")
-        if isinstance(served, list):
+        if endpoint.get("type") == "custom" and isinstance(served, list):
             traffic = [s.get("traffic", 100) for s in served if isinstance(s, dict)]
             if not served:
                 issues.append(ConfigIssue(f"{where}.served_models", "needs at least one model"))
@@ -213,6 +216,35 @@ def _endpoint_issues(endpoints: list[tuple[int, dict[str, Any]]]) -> list[Config
                         f"{where}.served_models", f"traffic must sum to 100, not {sum(traffic)}"
                     )
                 )
+    return issues
+
+
+def _fallback_issues(
+    where: str, endpoint: dict[str, Any], endpoints: list[tuple[int, dict[str, Any]]]
+) -> list[ConfigIssue]:
+    """Fallbacks name other LLM endpoints of the same task."""
+    fallbacks = endpoint.get("fallbacks")
+    if not isinstance(fallbacks, list):
+        return []
+    by_name = {e.get("name"): e for _, e in endpoints}
+    issues: list[ConfigIssue] = []
+    for j, name in enumerate(fallbacks):
+        target = by_name.get(name)
+        path = f"{where}.fallbacks[{j}]"
+        if target is None:
+            issues.append(ConfigIssue(path, f"unknown endpoint {name!r}"))
+        elif target is endpoint:
+            issues.append(ConfigIssue(path, "an endpoint cannot be its own fallback"))
+        elif target.get("type") == "custom":
+            issues.append(
+                ConfigIssue(path, f"{name!r} is a custom endpoint; fallbacks must be LLM endpoints")
+            )
+        elif target.get("task") != endpoint.get("task"):
+            issues.append(
+                ConfigIssue(
+                    path, f"{name!r} serves {target.get('task')}, not {endpoint.get('task')}"
+                )
+            )
     return issues
 
 

@@ -6,12 +6,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.api import admin, health, invocations, openai
+from gateway.api import admin, anthropic, health, invocations, openai
 from gateway.http import Request, Response, StreamingResponse
 from gateway.state import GatewayState
 
 Handler = Callable[[Request, GatewayState], Awaitable[Response | StreamingResponse]]
-Protocol = Literal["mlflow", "openai"]
+Protocol = Literal["mlflow", "openai", "anthropic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/completions", POST, openai.completions, "openai"),
     Route("/v1/embeddings", POST, openai.embeddings, "openai"),
     Route("/v1/models", GET, openai.list_models, "openai"),
+    Route("/v1/messages", POST, anthropic.messages, "anthropic"),
     Route("/admin/usage/recent", GET, admin.recent_usage),
 )
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.auth import KeyRing
 from gateway.backends.custom_chat import CustomChatBackend
@@ -71,6 +72,14 @@ class Runtime:
                 " or call /serving-endpoints/{name}/invocations."
             )
         return self.endpoints[self.default_endpoint]
+
+    def warm_ups(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        """Slow preparations that need not delay readiness (litellm's import)."""
+        return [
+            warm
+            for endpoint in self.llm_endpoints.values()
+            if (warm := getattr(endpoint.backend, "warm_up", None)) is not None
+        ]
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints.values():

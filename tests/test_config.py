@@ -186,3 +186,57 @@ def test_a_registry_uri_that_does_not_resolve_is_named_by_path(tmp_path: Path) -
     (issue,) = caught.value.issues
     assert issue.path == "endpoints[0].served_models[0].model"
     assert "cannot resolve 'models:/nothing@champion' in the registry" in issue.message
+
+
+LLM = """
+  - name: {name}
+    type: foundation
+    task: {task}
+    deployments: [{{api_base: "http://127.0.0.1:9/v1", model: m}}]
+    fallbacks: {fallbacks}"""
+
+
+def test_an_llm_config_is_valid() -> None:
+    text = "endpoints:" + LLM.format(name="a", task="chat", fallbacks="[b]") + LLM.format(
+        name="b", task="chat", fallbacks="[]"
+    )
+    loaded = parse_config(text, environ={})
+    assert loaded.config.endpoints[0].fallbacks == ("b",)  # type: ignore[union-attr]
+
+
+def test_fallbacks_must_name_llm_endpoints_of_the_same_task() -> None:
+    text = (
+        "endpoints:"
+        + LLM.format(name="a", task="chat", fallbacks="[nope, a, e, clf]")
+        + LLM.format(name="e", task="embeddings", fallbacks="[]")
+        + endpoint("clf")
+    )
+    assert issues_of(text) == [
+        "endpoints[0].fallbacks[0]: unknown endpoint 'nope'",
+        "endpoints[0].fallbacks[1]: an endpoint cannot be its own fallback",
+        "endpoints[0].fallbacks[2]: 'e' serves embeddings, not chat",
+        "endpoints[0].fallbacks[3]: 'clf' is a custom endpoint; fallbacks must be LLM endpoints",
+    ]
+
+
+def test_deployments_need_an_http_api_base() -> None:
+    text = "endpoints:" + LLM.format(name="a", task="chat", fallbacks="[]").replace(
+        "http://127.0.0.1:9/v1", "ftp://x"
+    )
+    (issue,) = issues_of(text)
+    assert issue.startswith("endpoints[0].deployments[0].api_base: must be an http:// or https:// URL")
+
+
+def test_an_unknown_task_is_rejected_by_path() -> None:
+    (issue,) = issues_of("endpoints:" + LLM.format(name="a", task="vision", fallbacks="[]"))
+    assert issue.startswith("endpoints[0].task:")
+
+
+def test_an_external_provider_without_a_default_base_needs_one(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "endpoints:\n  - {name: az, type: external, task: chat, provider: azure, model: gpt}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_runtime(load_config_file(config))
+    assert [str(i) for i in caught.value.issues] == ["endpoints[0]: provider 'azure' needs an api_base"]

@@ -6,7 +6,10 @@ This is the only module that imports litellm, and only when such an endpoint is 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,18 +32,24 @@ _OWN_FIELDS = frozenset({"model", "stream", "stream_options"})
 
 
 def import_litellm() -> Any:
+    """Import litellm (blocking, ~5 s the first time: call it from a thread)."""
     # Never fetch the price map at run time: litellm's bundled copy is used.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOG", "WARNING")
     import litellm  # noqa: TID251 - this module is litellm's one home
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)
     return litellm
 
 
 class LiteLLMBackend:
+    """Imports litellm in the background after start-up (see `warm_up`), so the gateway is ready
+    at once; a call that comes before the import has finished waits for it."""
+
     def __init__(self, config: ExternalEndpointConfig) -> None:
-        self._litellm = import_litellm()
+        self._litellm: Any = sys.modules.get("litellm")
         self._model = f"{config.provider}/{config.model}"
         self.label = f"{config.provider}/{config.model}"
         self._settings: dict[str, Any] = {**config.options, "num_retries": 0}
@@ -51,12 +60,17 @@ class LiteLLMBackend:
         if config.api_version:
             self._settings["api_version"] = config.api_version
 
+    async def warm_up(self) -> None:
+        if self._litellm is None:
+            self._litellm = await asyncio.to_thread(import_litellm)
+
     def _arguments(self, request: LLMRequest, timeout_s: float) -> dict[str, Any]:
         arguments = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
         return {**arguments, **self._settings, "model": self._model, "timeout": timeout_s}
 
     async def complete(self, request: LLMRequest, timeout_s: float) -> Completed:
         started = time.perf_counter()
+        await self.warm_up()
         arguments = self._arguments(request, timeout_s)
         call = {
             "chat": self._litellm.acompletion,
@@ -79,6 +93,7 @@ class LiteLLMBackend:
         if request.task == "embeddings":
             raise UpstreamRejected("Embeddings cannot be streamed.", status=400)
         started = time.perf_counter()
+        await self.warm_up()
         arguments = {**self._arguments(request, timeout_s), "stream": True}
         arguments["stream_options"] = {"include_usage": True}
         call = (

@@ -1,0 +1,300 @@
+"""Anthropic's Messages format ↔ OpenAI's chat format, for `POST /v1/messages`.
+
+Why our own and not litellm's adapter: importing litellm costs ~5 s of start-up, its adapter is
+internal API that changes from release to release, and the mapping for text, images, tools and
+streaming is small and fully covered by tests with the real `anthropic` SDK.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequest, GatewayError
+from gateway.sse import event_data
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+# --- request --------------------------------------------------------------------------------------
+
+
+def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as an OpenAI chat request (the model stays the endpoint)."""
+    if not isinstance(body.get("max_tokens"), int):
+        raise BadRequest("'max_tokens' is required and must be an integer.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty list.")
+    out: list[dict[str, Any]] = []
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        out.append({"role": "system", "content": system})
+    elif isinstance(system, list):
+        out.append({"role": "system", "content": _joined_text(system)})
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise BadRequest("Each message needs a role of 'user' or 'assistant'.")
+        out += _message_to_openai(message)
+    request: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": out,
+        "max_tokens": body["max_tokens"],
+    }
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("stop_sequences", "stop"),
+    ):
+        if ours in body:
+            request[theirs] = body[ours]
+    if body.get("stream") is True:
+        request["stream"] = True
+    if isinstance(body.get("tools"), list):
+        request["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.get("name"),
+                    "description": tool.get("description", ""),
+                    "parameters": tool.get("input_schema", {"type": "object"}),
+                },
+            }
+            for tool in body["tools"]
+            if isinstance(tool, dict)
+        ]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind == "tool":
+            request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+        elif kind in ("auto", "none"):
+            request["tool_choice"] = kind
+        elif kind == "any":
+            request["tool_choice"] = "required"
+    return request
+
+
+def _message_to_openai(message: dict[str, Any]) -> list[dict[str, Any]]:
+    role, content = message["role"], message.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise BadRequest("A message's content must be a string or a list of blocks.")
+    parts: list[dict[str, Any]] = []
+    tool_calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image" and isinstance(block.get("source"), dict):
+            source = block["source"]
+            url = (
+                source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data')}"
+            )
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input", {})).decode()
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": arguments},
+                }
+            )
+        elif kind == "tool_result":
+            result = block.get("content")
+            text = result if isinstance(result, str) else _joined_text(result or [])
+            results.append(
+                {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
+            )
+        else:
+            raise BadRequest(f"Unsupported content block type {kind!r}.")
+    out: list[dict[str, Any]] = list(results)
+    if parts or tool_calls:
+        only_text = all(p["type"] == "text" for p in parts)
+        converted: dict[str, Any] = {
+            "role": role,
+            "content": "".join(p["text"] for p in parts) if only_text else parts,
+        }
+        if tool_calls:
+            converted["tool_calls"] = tool_calls
+        out.append(converted)
+    return out
+
+
+def _joined_text(blocks: list[Any]) -> str:
+    return "".join(
+        b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+    )
+
+
+# --- response -------------------------------------------------------------------------------------
+
+
+def to_anthropic_response(completion: dict[str, Any], model: str) -> dict[str, Any]:
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        try:
+            arguments = orjson.loads(function.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            arguments = {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": function.get("name"),
+                "input": arguments,
+            }
+        )
+    usage = completion.get("usage") or {}
+    return {
+        "id": _message_id(completion),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": _STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage.get("prompt_tokens", 0),
+            "output_tokens": usage.get("completion_tokens", 0),
+        },
+    }
+
+
+def _message_id(completion: dict[str, Any]) -> str:
+    upstream = str(completion.get("id") or int(time.time() * 1000))
+    return upstream if upstream.startswith("msg_") else f"msg_{upstream}"
+
+
+def error_body(error: GatewayError) -> bytes:
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+    }
+    kind = kinds.get(error.status, "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+
+async def to_anthropic_events(
+    openai_events: AsyncIterator[bytes], model: str
+) -> AsyncIterator[bytes]:
+    """OpenAI chat chunk events → Anthropic's message stream events (text and tool calls)."""
+    started = False
+    block: tuple[str, int] | None = None  # ("text" | tool call index, anthropic block index)
+    next_index = 0
+    finish = "stop"
+    usage = {"input_tokens": 0, "output_tokens": 0}
+    async for event in openai_events:
+        data = event_data(event)
+        if data is None or data == b"[DONE]":
+            continue
+        chunk = orjson.loads(data)
+        if "error" in chunk and "choices" not in chunk:
+            yield _sse(
+                "error",
+                {"error": {"type": "api_error", "message": chunk["error"].get("message", "")}},
+            )
+            return
+        if not started:
+            started = True
+            yield _sse(
+                "message_start",
+                {
+                    "message": {
+                        "id": _message_id(chunk),
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 0, "output_tokens": 0},
+                    }
+                },
+            )
+        if isinstance(chunk.get("usage"), dict):
+            usage = {
+                "input_tokens": chunk["usage"].get("prompt_tokens", 0),
+                "output_tokens": chunk["usage"].get("completion_tokens", 0),
+            }
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+            if delta.get("content"):
+                if block is None or block[0] != "text":
+                    if block is not None:
+                        yield _sse("content_block_stop", {"index": block[1]})
+                    block = ("text", next_index)
+                    next_index += 1
+                    yield _sse(
+                        "content_block_start",
+                        {"index": block[1], "content_block": {"type": "text", "text": ""}},
+                    )
+                yield _sse(
+                    "content_block_delta",
+                    {"index": block[1], "delta": {"type": "text_delta", "text": delta["content"]}},
+                )
+            for call in delta.get("tool_calls") or ():
+                key = f"tool{call.get('index', 0)}"
+                function = call.get("function") or {}
+                if block is None or block[0] != key:
+                    if block is not None:
+                        yield _sse("content_block_stop", {"index": block[1]})
+                    block = (key, next_index)
+                    next_index += 1
+                    yield _sse(
+                        "content_block_start",
+                        {
+                            "index": block[1],
+                            "content_block": {
+                                "type": "tool_use",
+                                "id": call.get("id"),
+                                "name": function.get("name"),
+                                "input": {},
+                            },
+                        },
+                    )
+                if function.get("arguments"):
+                    yield _sse(
+                        "content_block_delta",
+                        {
+                            "index": block[1],
+                            "delta": {
+                                "type": "input_json_delta",
+                                "partial_json": function["arguments"],
+                            },
+                        },
+                    )
+    if block is not None:
+        yield _sse("content_block_stop", {"index": block[1]})
+    yield _sse(
+        "message_delta",
+        {
+            "delta": {"stop_reason": _STOP_REASONS.get(finish, "end_turn"), "stop_sequence": None},
+            "usage": usage,
+        },
+    )
+    yield _sse("message_stop", {})
