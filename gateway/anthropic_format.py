@@ -201,6 +201,20 @@ async def to_anthropic_events(
     openai_events: AsyncIterator[bytes], model: str
 ) -> AsyncIterator[bytes]:
     """OpenAI chat chunk events → Anthropic's message stream events (text and tool calls)."""
+    try:
+        async for event in _anthropic_events(openai_events, model):
+            yield event
+    finally:
+        # Stopping early (after an error event) must still end the source now, not whenever it
+        # is garbage-collected: its `finally` closes the upstream stream and meters the call.
+        closer = getattr(openai_events, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def _anthropic_events(
+    openai_events: AsyncIterator[bytes], model: str
+) -> AsyncIterator[bytes]:
     started = False
     block: tuple[str, int] | None = None  # ("text" | tool call index, anthropic block index)
     next_index = 0

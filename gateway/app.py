@@ -17,6 +17,7 @@ from gateway import anthropic_format
 from gateway.config_file import LoadedConfig, load_config_file
 from gateway.errors import (
     ConfigError,
+    ConfigIssue,
     EndpointNotFound,
     GatewayError,
     MethodNotAllowed,
@@ -118,9 +119,16 @@ class GatewayApp:
     async def _load(self) -> None:
         try:
             runtime = await asyncio.to_thread(build_runtime, self.loaded)
-        except ConfigError as exc:
-            self.holder.failure = exc
-            logger.error("cannot load the models of the config:\n%s", exc)
+        except Exception as exc:
+            failure = (
+                exc
+                if isinstance(exc, ConfigError)
+                else ConfigError([ConfigIssue("", f"loading failed: {type(exc).__name__}: {exc}")])
+            )
+            self.holder.failure = failure
+            logger.error(
+                "cannot load the models of the config:\n%s", failure, exc_info=failure is not exc
+            )
             if self._on_fatal is not None:
                 self._on_fatal()
             return

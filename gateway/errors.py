@@ -149,11 +149,18 @@ class ModelError(GatewayError):
     """An error reported by MLflow while scoring; carries MLflow's own code and status."""
 
     def __init__(
-        self, message: str, *, status: int, error_code: str, stack_trace: str | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        error_code: str,
+        stack_trace: str | None = None,
+        details: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message, stack_trace=stack_trace)
         self.status = status  # type: ignore[misc]  # per instance: MLflow decides it
         self.error_code = error_code  # type: ignore[misc]
+        self.details = details or {}  # MLflow's sqlstate and error_class, rendered as it does
 
 
 # --- config errors (never reach a client of the data plane) --------------------------------------
@@ -184,6 +191,8 @@ class ConfigError(Exception):
 def render_mlflow(error: GatewayError, *, expose_stack_traces: bool = False) -> bytes:
     """MLflow scoring-server shape: `{"error_code": ..., "message": ...}`."""
     body: dict[str, str] = {"error_code": error.error_code, "message": error.message}
+    if isinstance(error, ModelError):
+        body.update(error.details)
     if expose_stack_traces and error.stack_trace:
         body["stack_trace"] = error.stack_trace
     return orjson.dumps(body)

@@ -30,7 +30,8 @@ class Request:
     def header(self, name: bytes) -> bytes | None:
         """A header by lower-case name (ASGI servers lower-case them)."""
         if self._headers is None:
-            self._headers = dict(self.scope["headers"])
+            # Of repeated headers the first wins, as in MLflow's server (Starlette).
+            self._headers = dict(reversed(self.scope["headers"]))
         return self._headers.get(name)
 
     async def body(self, limit: int) -> bytes:
@@ -107,7 +108,7 @@ class StreamingResponse:
         ]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watch = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -127,6 +128,7 @@ class StreamingResponse:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _wait_for_disconnect(receive: Any) -> None:
+async def wait_for_disconnect(receive: Any) -> None:
+    """Returns when the client disconnects (call it once the request body has been read)."""
     while (await receive())["type"] != "http.disconnect":
         pass

@@ -151,6 +151,11 @@ def _load_custom_endpoints(loaded: LoadedConfig) -> dict[str, CustomEndpoint]:
     ]
     results: dict[tuple[int, int], ServedModel] = {}
     issues: list[ConfigIssue] = []
+    if jobs:
+        # Once, before the loader threads: concurrent first imports of MLflow's modules
+        # deadlock on Python's import locks.
+        import mlflow.pyfunc
+        import mlflow.tracking  # noqa: F401
     with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
         futures = {
             (i, j): pool.submit(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,7 +20,13 @@ from gateway.backends.llm import LLMRequest, Streaming
 from gateway.backends.openai_compat import usage_from
 from gateway.config import Task
 from gateway.errors import BadRequest, GatewayError, render_openai
-from gateway.http import Request, Response, StreamingResponse
+from gateway.http import (
+    ClientDisconnected,
+    Request,
+    Response,
+    StreamingResponse,
+    wait_for_disconnect,
+)
 from gateway.llm_endpoint import LLMEndpoint
 from gateway.metering.tokens import count_tokens, message_texts
 from gateway.metering.usage import TokenUsage, UsageEvent
@@ -31,6 +37,8 @@ from gateway.state import GatewayState
 SERVED_MODEL = b"x-served-model"
 OVERHEAD = b"x-gateway-overhead-ms"
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away"
+
+Result = TypeVar("Result")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -83,13 +91,18 @@ async def call_llm_endpoint(
     meter = Meter(request, state, principal, endpoint)
     try:
         if llm_request.stream:
-            routed_stream = await llm_routing.open_stream(
-                endpoint, runtime.llm_endpoints, llm_request
+            routed_stream = await _unless_client_leaves(
+                request, llm_routing.open_stream(endpoint, runtime.llm_endpoints, llm_request)
             )
         else:
-            routed = await llm_routing.complete(endpoint, runtime.llm_endpoints, llm_request)
+            routed = await _unless_client_leaves(
+                request, llm_routing.complete(endpoint, runtime.llm_endpoints, llm_request)
+            )
     except GatewayError as error:
         meter.finish(error.status, None, overhead_ms=0.0)
+        raise
+    except ClientDisconnected:
+        meter.finish(CLIENT_CLOSED, None, overhead_ms=0.0)
         raise
     if not llm_request.stream:
         completed = routed.result
@@ -110,6 +123,24 @@ async def call_llm_endpoint(
 
 def _overhead_header(overhead_ms: float) -> tuple[bytes, bytes]:
     return (OVERHEAD, f"{overhead_ms:.3f}".encode())
+
+
+async def _unless_client_leaves(request: Request, call: Coroutine[Any, Any, Result]) -> Result:
+    """`call`'s result; if the client disconnects first, `call` is cancelled and
+    ClientDisconnected raised: nobody would read the answer, and an upstream call holds its
+    deployment (and any provisioned slot) until it ends, minutes for a slow model."""
+    work = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(wait_for_disconnect(request.receive))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, watch):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(work, watch, return_exceptions=True)
+    if work.cancelled():
+        raise ClientDisconnected
+    return work.result()  # an answer that came with the disconnect: its response sees to it
 
 
 async def relay(
@@ -143,10 +174,37 @@ async def relay(
         status = error.status
         yield b"data: " + render_openai(error) + b"\n\n"
     finally:
+        # A client that leaves cancels this generator at any await, this block's included;
+        # shielded, the stream is still closed (its slot released) and the call metered.
+        await _shielded(_end_stream(streaming, request, meter, status, usage, texts, overhead_ms))
+
+
+async def _end_stream(
+    streaming: Streaming,
+    request: LLMRequest,
+    meter: Meter,
+    status: int,
+    usage: TokenUsage | None,
+    texts: list[str],
+    overhead_ms: float,
+) -> None:
+    try:
         await streaming.aclose()
+    finally:
         if usage is None:
             usage = await _estimate(request, texts)
         meter.finish(status, usage, overhead_ms=overhead_ms)
+
+
+_ending: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+
+async def _shielded(ending: Coroutine[Any, Any, None]) -> None:
+    """Run `ending` to completion even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(ending)
+    _ending.add(task)
+    task.add_done_callback(_ending.discard)
+    await asyncio.shield(task)
 
 
 def _chunk_texts(chunk: dict[str, Any]) -> list[str]:
@@ -213,7 +271,11 @@ class Meter:
         self._fallback = fallback_used
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        value = f"{self._endpoint.name}/{self._served}" + (";fallback" if self._fallback else "")
+        name, served = self._endpoint.name, self._served
+        # Foundation deployments are labelled `<endpoint>/<index>` already: name it only once.
+        value = served if served.startswith(f"{name}/") else f"{name}/{served}"
+        if self._fallback:
+            value += ";fallback"
         return [(SERVED_MODEL, value.encode())]
 
     def overhead_ms(self, upstream_ms: float) -> float:

@@ -115,6 +115,8 @@ class OpenAICompatBackend:
         return random.choice([d for d in healthy if d.in_flight == fewest])
 
     def _record(self, deployment: _Deployment, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, Exception):
+            return  # cancelled: the caller left, which says nothing about the deployment
         if error is None or not getattr(error, "retriable", False):
             deployment.failures = 0
             return
@@ -206,17 +208,18 @@ class OpenAICompatBackend:
             raise error from exc
 
         finished = False
+        failure: BaseException | None = None  # what ended the stream early, for the cooldown
 
         async def events() -> AsyncIterator[bytes]:
-            nonlocal finished
+            nonlocal finished, failure
             try:
                 async for event in sse_events(response.content.iter_any(), timeout_s):
                     yield event
             except BaseException as exc:
-                error = translate_transport_error(exc, target.label, timeout_s)
-                if error is exc:
+                failure = translate_transport_error(exc, target.label, timeout_s)
+                if failure is exc:
                     raise
-                raise error from exc
+                raise failure from exc
             finished = True
 
         async def close() -> None:
@@ -228,7 +231,7 @@ class OpenAICompatBackend:
                     response.close()  # drops the connection: the upstream sees the cancel
             if deployment.in_flight > 0:
                 deployment.in_flight -= 1
-            self._record(deployment, None)
+            self._record(deployment, failure)  # a stream broken halfway is a failure too
 
         return Streaming(events(), target.label, (time.perf_counter() - started) * 1000, [close])
 

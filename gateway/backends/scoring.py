@@ -17,6 +17,7 @@ are cheap and run on the event loop.
 from __future__ import annotations
 
 import contextlib
+import re
 import traceback
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_PARQUET = "application/vnd.apache.parquet"
 CONTENT_TYPES = [CONTENT_TYPE_CSV, CONTENT_TYPE_JSON, CONTENT_TYPE_PARQUET]
 SPLIT, RECORDS = "dataframe_split", "dataframe_records"
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 
 # MLflow's wording, kept so clients matching on it keep working.
 _PROTOCOL_CHANGE_INFO = (
@@ -87,8 +89,10 @@ class ScoringRequest:
     @classmethod
     def from_body(cls, mime: str, body: bytes) -> ScoringRequest:
         document = None
-        if mime == CONTENT_TYPE_JSON:
-            # When orjson refuses a body, stdlib json decides later, with MLflow's exact wording.
+        # When orjson refuses a body, stdlib json decides later, with MLflow's exact wording.
+        # orjson reads integers beyond 64 bits as floats, silently: such bodies go to stdlib
+        # json too (a run of 19+ digits may also be a long fraction: then it is only slower).
+        if mime == CONTENT_TYPE_JSON and _LONG_DIGIT_RUN.search(body) is None:
             with contextlib.suppress(orjson.JSONDecodeError):
                 document = orjson.loads(body)
         return cls(mime, body, document)
@@ -223,6 +227,7 @@ def parse_input(model: Any, request: ScoringRequest) -> tuple[Any, dict[str, Any
     """MLflow's input parsing; returns (data, params, whether the output is unwrapped)."""
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server as mlflow_server
+    from mlflow.utils.proto_json_utils import MlflowInvalidInputException
 
     metadata = model.metadata
     schema = metadata.get_input_schema()
@@ -231,7 +236,7 @@ def parse_input(model: Any, request: ScoringRequest) -> tuple[Any, dict[str, Any
             try:
                 text = request.body.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise BadRequest(
+                raise MlflowInvalidInputException(
                     f"Ensure that input is a valid UTF-8 encoded string. Error: '{exc!r}'"
                 ) from exc
             return mlflow_server.parse_csv_input(StringIO(text), schema=schema), None, False
@@ -263,12 +268,13 @@ def predict(model: Any, data: Any, params: dict[str, Any] | None) -> Any:
         error.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
         raise error from exc
     except Exception as exc:
-        raise ModelError(
-            f"{_UNEXPECTED_MODEL_ERROR} Error: {type(exc).__name__}: {exc}",
-            status=400,
-            error_code="BAD_REQUEST",
-            stack_trace=traceback.format_exc(),
-        ) from exc
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+        # MLflow's own exception, so status, code, sqlstate and error_class are MLflow's.
+        error = _model_error(MlflowException(_UNEXPECTED_MODEL_ERROR, error_code=BAD_REQUEST))
+        error.message = f"{_UNEXPECTED_MODEL_ERROR} Error: {type(exc).__name__}: {exc}"
+        error.stack_trace = traceback.format_exc()
+        raise error from exc
 
 
 def serialize_predictions(raw: Any, *, unwrapped: bool) -> bytes:
@@ -300,9 +306,15 @@ def _encode_other(value: Any) -> Any:
 
 
 def _model_error(exc: Any) -> ModelError:
+    details = {
+        name: value
+        for name in ("sqlstate", "error_class")
+        if isinstance(value := getattr(exc, name, None), str)
+    }
     return ModelError(
         exc.message,
         status=exc.get_http_status_code(),
         error_code=exc.error_code,
         stack_trace=exc.json_kwargs.get("stack_trace"),
+        details=details,
     )
