@@ -19,6 +19,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Role = Literal["user", "admin"]
+
+
+class LimitsConfig(Strict):
+    """Rate limits of one scope (a key, a group, an endpoint, a key on one endpoint).
+
+    Request limits are GCRA (a smooth sliding rate whose burst is the limit itself), token limits
+    count prompt + completion tokens the same way; `max_concurrent` caps calls in flight.
+    """
+
+    requests_per_second: float | None = Field(default=None, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    requests_per_hour: float | None = Field(default=None, gt=0)
+    requests_per_day: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_day: float | None = Field(default=None, gt=0)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class BudgetConfig(Strict):
+    """Spend caps in USD per calendar day / month (UTC), from the same prices that meter usage."""
+
+    usd_per_day: float | None = Field(default=None, gt=0)
+    usd_per_month: float | None = Field(default=None, gt=0)
+
+
 class KeyConfig(Strict):
     """An API key, known by the SHA-256 of its value (or its value from the environment)."""
 
@@ -26,8 +52,11 @@ class KeyConfig(Strict):
     sha256: str | None = None
     key: SecretStr | None = None
     endpoints: tuple[str, ...] | None = None  # globs; None = every endpoint
-    roles: tuple[Literal["user", "admin"], ...] = ("user",)
+    roles: tuple[Role, ...] = ("user",)
     groups: tuple[str, ...] = ()
+    limits: LimitsConfig | None = None
+    endpoint_limits: dict[str, LimitsConfig] = {}  # this key on one endpoint
+    budget: BudgetConfig | None = None
 
     @field_validator("sha256")
     @classmethod
@@ -40,8 +69,46 @@ class KeyConfig(Strict):
         return value
 
 
+class JWTConfig(Strict):
+    """OIDC / JWT bearer tokens, checked against the issuer's keys (JWKS) or one public key."""
+
+    issuer: str
+    audience: str
+    jwks_url: str | None = None
+    public_key: str | None = None  # PEM
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    subject_claim: str = "sub"
+    groups_claim: str = "groups"
+    leeway_s: float = Field(default=30, ge=0, le=600)
+    jwks_refresh_min_interval_s: float = Field(default=30, ge=0)
+
+
 class AuthConfig(Strict):
     keys: tuple[KeyConfig, ...] = ()
+    jwt: JWTConfig | None = None
+
+
+class GroupConfig(Strict):
+    """Policy shared by the members of a group (keys that list it, JWT subjects whose token
+    names it): the endpoints they may call, roles, limits shared by all members, a budget."""
+
+    endpoints: tuple[str, ...] | None = None
+    roles: tuple[Role, ...] = ()
+    limits: LimitsConfig | None = None
+    budget: BudgetConfig | None = None
+
+
+class LimitsStoreConfig(Strict):
+    store: str = "memory://"  # or redis://host:port/db (shared by every gateway process)
+    on_store_error: Literal["deny", "allow"] = "deny"
+    default_max_tokens: int = Field(default=1024, ge=1)  # reserved when a request sets none
+
+
+class UsageConfig(Strict):
+    ledger: str = "sqlite:///gateway-usage.db"  # or postgresql://user@host/db
+    spool_dir: str = "gateway-spool"  # append-only, fsynced before a response is acknowledged
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_ms: float = Field(default=200, gt=0)
 
 
 class BatchingConfig(Strict):
@@ -77,6 +144,7 @@ class CustomEndpointConfig(EndpointBase):
     default: bool = False
     served_models: tuple[ServedModelConfig, ...]  # at least one: see config_file
     batching: BatchingConfig | None = None
+    limits: LimitsConfig | None = None
     max_concurrency: int = Field(default=4, ge=1, le=256)  # predict threads per served model
 
 
@@ -110,6 +178,7 @@ def _none_if_blank(value: str | None) -> str | None:
 
 class LLMEndpointBase(EndpointBase):
     task: Task
+    limits: LimitsConfig | None = None
     pricing: PricingConfig | None = None
     fallbacks: tuple[str, ...] = ()  # endpoint names, tried in order when this one fails
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
@@ -175,5 +244,8 @@ class ServerConfig(Strict):
 class GatewayConfig(Strict):
     registry_uri: str | None = None
     auth: AuthConfig | None = None  # None: the gateway runs open (and says so loudly)
+    groups: dict[str, GroupConfig] = {}
+    limits: LimitsStoreConfig = LimitsStoreConfig()
+    usage: UsageConfig = UsageConfig()
     server: ServerConfig = ServerConfig()
     endpoints: tuple[EndpointConfig, ...] = ()
