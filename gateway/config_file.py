@@ -164,9 +164,25 @@ def cross_field_issues(document: dict[str, Any]) -> list[ConfigIssue]:
     They read the interpolated document rather than the validated model, so that they are
     reported together with schema errors; entries of the wrong shape are the schema's to report.
     """
-    return _endpoint_issues(_entries(document, "endpoints")) + _key_issues(
-        _entries(document.get("auth"), "keys")
+    keys = _entries(document.get("auth"), "keys")
+    groups = document.get("groups")
+    return (
+        _endpoint_issues(_entries(document, "endpoints"))
+        + _key_issues(keys)
+        + _group_reference_issues(keys, groups if isinstance(groups, dict) else {})
     )
+
+
+def _group_reference_issues(
+    keys: list[tuple[int, dict[str, Any]]], groups: dict[str, Any]
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for i, key in keys:
+        named = key.get("groups")
+        for j, name in enumerate(named if isinstance(named, list) else ()):
+            if name not in groups:
+                issues.append(ConfigIssue(f"auth.keys[{i}].groups[{j}]", f"unknown group {name!r}"))
+    return issues
 
 
 def _entries(parent: Any, key: str) -> list[tuple[int, dict[str, Any]]]:

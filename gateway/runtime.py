@@ -131,7 +131,7 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
         default = next(iter(custom))  # one custom endpoint: /invocations is unambiguous
     return Runtime(
         loaded=loaded,
-        keyring=KeyRing(config.auth),
+        keyring=KeyRing(config.auth, config.groups),
         endpoints=endpoints,
         llm_endpoints=llm,
         default_endpoint=default,

@@ -240,3 +240,8 @@ def test_an_external_provider_without_a_default_base_needs_one(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         build_runtime(load_config_file(config))
     assert [str(i) for i in caught.value.issues] == ["endpoints[0]: provider 'azure' needs an api_base"]
+
+
+def test_keys_may_only_name_configured_groups() -> None:
+    text = f"groups: {{team-a: {{}}}}\nauth:\n  keys:\n    - {{id: a, sha256: '{SHA}', groups: [team-a, team-b]}}\n"
+    assert issues_of(text) == ["auth.keys[0].groups[1]: unknown group 'team-b'"]

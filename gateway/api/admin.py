@@ -11,7 +11,7 @@ from gateway.state import GatewayState
 
 async def recent_usage(request: Request, state: GatewayState) -> Response:
     runtime = state.runtimes.get()
-    principal = runtime.keyring.authenticate(
+    principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
     if "admin" not in principal.roles:

@@ -13,7 +13,7 @@ from gateway.state import GatewayState
 
 async def messages(request: Request, state: GatewayState) -> Response | StreamingResponse:
     runtime = state.runtimes.get()
-    principal = runtime.keyring.authenticate(
+    principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
     body = parse_json_object(await request.body(runtime.loaded.config.server.max_body_bytes))

@@ -30,7 +30,7 @@ async def _by_model(
     request: Request, state: GatewayState, task: Task
 ) -> Response | StreamingResponse:
     runtime = state.runtimes.get()
-    principal = runtime.keyring.authenticate(
+    principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
     body = parse_json_object(await request.body(runtime.loaded.config.server.max_body_bytes))
@@ -44,7 +44,7 @@ async def _by_model(
 
 async def list_models(request: Request, state: GatewayState) -> Response:
     runtime = state.runtimes.get()
-    principal = runtime.keyring.authenticate(
+    principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
     created = int(runtime.loaded_at)
