@@ -128,13 +128,11 @@ class KeyRing:
     ) -> None:
         self.open = auth is None
         self._groups = dict(groups or {})
-        self._jwt = jwt
+        self.jwt = jwt
         keys = () if auth is None else auth.keys
         self._by_digest = {p.digest: p for p in (_key_principal(k, self._groups) for k in keys)}
         # JWT policies by the (configured) groups a token names: bounded by the config.
-        self._jwt_policies: dict[
-            tuple[str, ...], tuple[re.Pattern[str] | None, frozenset[str]]
-        ] = {}
+        self.jwt_policies: dict[tuple[str, ...], tuple[re.Pattern[str] | None, frozenset[str]]] = {}
 
     async def authenticate(self, authorization: bytes | None, api_key: bytes | None) -> Principal:
         if self.open:
@@ -144,7 +142,7 @@ class KeyRing:
             raise Unauthenticated(
                 "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             )
-        if self._jwt is not None and presented.count(b".") == 2:
+        if self.jwt is not None and presented.count(b".") == 2:
             from gateway.jwt_auth import looks_like_jwt
 
             if looks_like_jwt(presented):
@@ -161,15 +159,15 @@ class KeyRing:
         return principal
 
     async def _jwt_principal(self, token: bytes) -> Principal:
-        assert self._jwt is not None
-        identity = await self._jwt.verify(token.decode("ascii"))
+        assert self.jwt is not None
+        identity = await self.jwt.verify(token.decode("ascii"))
         known = tuple(sorted(g for g in set(identity.groups) if g in self._groups))
-        policy = self._jwt_policies.get(known)
+        policy = self.jwt_policies.get(known)
         if policy is None:
             pattern, roles = (
                 _group_policy(known, self._groups) if known else (MATCH_NOTHING, frozenset())
             )
-            policy = self._jwt_policies[known] = (pattern, roles | {"user"})
+            policy = self.jwt_policies[known] = (pattern, roles | {"user"})
         return Principal(
             id=identity.subject,
             kind="jwt",
@@ -187,8 +185,8 @@ class KeyRing:
             )
 
     async def aclose(self) -> None:
-        if self._jwt is not None:
-            await self._jwt.aclose()
+        if self.jwt is not None:
+            await self.jwt.aclose()
 
 
 def _presented_key(authorization: bytes | None, api_key: bytes | None) -> bytes | None:

@@ -6,12 +6,13 @@ Building a snapshot may fail and then changes nothing; swapping one in cannot fa
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import KeyRing
 from gateway.backends.custom_chat import CustomChatBackend
@@ -29,12 +30,16 @@ from gateway.config import (
     CustomEndpointConfig,
     ExternalEndpointConfig,
     FoundationEndpointConfig,
+    JWTConfig,
     LLMEndpointConfig,
 )
 from gateway.config_file import LoadedConfig
 from gateway.errors import ConfigError, ConfigIssue, EndpointNotFound, NotReady
 from gateway.llm_endpoint import LLMEndpoint
 from gateway.metering.pricing import price_for
+
+if TYPE_CHECKING:
+    from gateway.jwt_auth import JWTVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +80,19 @@ class Runtime:
 
     def warm_ups(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Slow preparations that need not delay readiness (litellm's import)."""
-        return [
+        warm_ups = [
             warm
             for endpoint in self.llm_endpoints.values()
             if (warm := getattr(endpoint.backend, "warm_up", None)) is not None
         ]
+        if self.keyring.jwt is not None:
+            warm_ups.append(self.keyring.jwt.start)  # fetch the issuer's keys early
+        return warm_ups
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints.values():
             await endpoint.aclose()
+        await self.keyring.aclose()
         await self.sessions.aclose()
 
 
@@ -118,6 +127,12 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
             issues.append(ConfigIssue(f"endpoints[{i}]", str(exc)))
             continue
         endpoints[built.name] = llm[built.name] = built
+    jwt = None
+    if config.auth is not None and config.auth.jwt is not None:
+        try:
+            jwt = _jwt_verifier(config.auth.jwt, sessions)
+        except ValueError as exc:
+            issues.append(ConfigIssue("auth.jwt", str(exc)))
     if issues:
         for endpoint in custom.values():
             endpoint.discard()
@@ -131,13 +146,21 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
         default = next(iter(custom))  # one custom endpoint: /invocations is unambiguous
     return Runtime(
         loaded=loaded,
-        keyring=KeyRing(config.auth, config.groups),
+        keyring=KeyRing(config.auth, config.groups, jwt),
         endpoints=endpoints,
         llm_endpoints=llm,
         default_endpoint=default,
         sessions=sessions,
         loaded_at=time.time(),
     )
+
+
+def _jwt_verifier(config: JWTConfig, sessions: SessionPool) -> JWTVerifier:
+    from gateway.jwt_auth import JWTVerifier
+
+    if config.jwks_url is None:
+        return JWTVerifier(config)
+    return JWTVerifier(config, http=functools.partial(sessions.session_for, config.jwks_url))
 
 
 def _load_custom_endpoints(loaded: LoadedConfig) -> dict[str, CustomEndpoint]:
