@@ -25,7 +25,8 @@ from gateway.errors import (
     render_openai,
 )
 from gateway.http import ClientDisconnected, Request, Response, StreamingResponse
-from gateway.metering.usage import RecentUsage
+from gateway.metering.recorder import UsageRecorder
+from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.routes import DOCS_PATHS, ROUTES, Protocol
 from gateway.runtime import RuntimeHolder, build_runtime
@@ -42,7 +43,10 @@ class GatewayApp:
     def __init__(self, loaded: LoadedConfig, *, on_fatal: Callable[[], None] | None = None) -> None:
         self.loaded = loaded
         self.holder = RuntimeHolder()
-        self.state = GatewayState(runtimes=self.holder, usage=RecentUsage())
+        metrics = Metrics()
+        self.state = GatewayState(
+            runtimes=self.holder, usage=UsageRecorder(metrics), metrics=metrics
+        )
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
         self._docs_app: Any = None
@@ -118,6 +122,7 @@ class GatewayApp:
 
     async def _load(self) -> None:
         try:
+            await self.state.usage.open_ledger(self.loaded.config.usage, self.loaded.base_dir)
             runtime = await asyncio.to_thread(build_runtime, self.loaded)
         except Exception as exc:
             failure = (
@@ -147,6 +152,7 @@ class GatewayApp:
         runtime = self.holder.current
         if runtime is not None:
             await runtime.aclose()
+        await self.state.usage.aclose()  # drains the ledger's spool into its database
 
 
 def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:

@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config and load its models")
     check.add_argument("--config", required=True)
 
+    usage = commands.add_parser("usage", help="usage from the ledger, as a table or CSV")
+    usage.add_argument("--config", required=True)
+    usage.add_argument("--since", help="epoch seconds or ISO date/date-time (UTC)")
+    usage.add_argument("--until")
+    usage.add_argument("--group-by", default="principal,endpoint,day")
+    usage.add_argument("--format", default="table", choices=("table", "csv", "json"))
+
     keys = commands.add_parser("keys", help="API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = key_commands.add_parser("new", help="print a fresh key and its config snippet")
@@ -40,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "usage":
+        return _usage(args)
     return _new_key(args.id)
 
 
@@ -97,6 +106,45 @@ def _check(path: str) -> int:
         if isinstance(endpoint, CustomEndpoint):
             endpoint.discard()
     print(f"config {path} is valid (version {loaded.version})")
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.errors import GatewayError
+    from gateway.metering.query import UsageQuery, read_store
+    from gateway.metering.report import to_csv, to_table
+    from gateway.metering.stores import StoreError
+
+    try:
+        loaded = load_config_file(args.config)
+        query = UsageQuery.parse(args.since, args.until, args.group_by, args.format)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return 1
+    except GatewayError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+
+    async def read() -> list[dict[str, object]]:
+        store = read_store(loaded.config.usage, loaded.base_dir)
+        try:
+            return await store.query(query.since, query.until, query.group_by)
+        finally:
+            await store.aclose()
+
+    try:
+        rows = asyncio.run(read())
+    except StoreError as exc:
+        print(f"cannot read the usage ledger: {exc}", file=sys.stderr)
+        return 1
+    if query.format == "csv":
+        sys.stdout.write(to_csv(rows))
+    elif query.format == "json":
+        print(orjson.dumps(rows).decode())
+    else:
+        print(to_table(rows))
     return 0
 
 

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-from gateway.backends.llm import Completed, LLMBackend, LLMRequest, Streaming
+from gateway.backends.llm import (
+    Answer,
+    Completed,
+    LLMBackend,
+    LLMRequest,
+    Streaming,
+    plus_upstream_ms,
+)
 from gateway.config import Task
 from gateway.errors import RateLimited, UpstreamError, UpstreamRateLimited
 from gateway.metering.usage import Price
-
-Result = TypeVar("Result")
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
@@ -99,14 +104,19 @@ class LLMEndpoint:
         streaming.closers.append(release)
         return streaming
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Result]]) -> Result:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Answer]]) -> Answer:
+        failed_ms = 0.0  # failed attempts and backoff: upstream time, not gateway overhead
         for number in range(self.retries + 1):
+            started = time.perf_counter()
             try:
-                return await attempt()
+                answer = await attempt()
             except UpstreamError as error:
                 if number == self.retries:
                     raise
                 await asyncio.sleep(_backoff_s(number, error))
+                failed_ms += (time.perf_counter() - started) * 1000
+                continue
+            return plus_upstream_ms(answer, failed_ms)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:

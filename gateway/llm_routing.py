@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gateway.backends.llm import Completed, LLMRequest, Streaming
+from gateway.backends.llm import Answer, Completed, LLMRequest, Streaming, plus_upstream_ms
 from gateway.errors import UpstreamError
 from gateway.llm_endpoint import LLMEndpoint
 
@@ -31,14 +32,19 @@ def chain(endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint]) -> list[L
 
 
 async def _first_success(
-    candidates: list[LLMEndpoint], call: Callable[[LLMEndpoint], Awaitable[Result]]
-) -> Routed[Result]:
+    candidates: list[LLMEndpoint], call: Callable[[LLMEndpoint], Awaitable[Answer]]
+) -> Routed[Answer]:
     last_error: UpstreamError | None = None
+    failed_ms = 0.0  # spent on endpoints that failed: upstream time, not gateway overhead
     for position, candidate in enumerate(candidates):
+        started = time.perf_counter()
         try:
-            return Routed(await call(candidate), candidate, position > 0)
+            answer = await call(candidate)
         except UpstreamError as error:  # 4xx (UpstreamRejected) is the caller's: no fallback
             last_error = error
+            failed_ms += (time.perf_counter() - started) * 1000
+            continue
+        return Routed(plus_upstream_ms(answer, failed_ms), candidate, position > 0)
     assert last_error is not None
     raise last_error
 

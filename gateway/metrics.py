@@ -79,8 +79,9 @@ class Metrics:
             "Usage events spooled but not yet in the database",
             registry=r,
         )
-        self.ledger_write_failures = Counter(
-            "gateway_ledger_write_failures", "Failed ledger database writes", registry=r
+        # A gauge mirroring the ledger's own counter, read at scrape time.
+        self.ledger_write_failures_total = Gauge(
+            "gateway_ledger_write_failures_total", "Failed ledger database writes", registry=r
         )
 
     def record(self, event: UsageEvent, *, principal_label: str) -> None:

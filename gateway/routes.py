@@ -38,6 +38,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/models", GET, openai.list_models, "openai"),
     Route("/v1/messages", POST, anthropic.messages, "anthropic"),
     Route("/admin/usage/recent", GET, admin.recent_usage),
+    Route("/admin/usage", GET, admin.usage),
+    Route("/metrics", GET, admin.metrics),
 )
 
 # Served by the (lazily built) documentation app.

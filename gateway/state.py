@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.metering.usage import RecentUsage
+from gateway.metering.recorder import UsageRecorder
+from gateway.metrics import Metrics
 from gateway.runtime import RuntimeHolder
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayState:
     runtimes: RuntimeHolder
-    usage: RecentUsage
+    usage: UsageRecorder
+    metrics: Metrics

@@ -1,27 +1,70 @@
-"""Admin routes (role `admin`). Usage lives in memory until the ledger milestone."""
+"""Admin routes (role `admin`): usage from the ledger and the latest events in memory."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
 import orjson
 
-from gateway.errors import BadRequest, PermissionDenied
+from gateway.auth import Principal
+from gateway.errors import BadRequest, NotReady, PermissionDenied
 from gateway.http import Request, Response
+from gateway.metering.query import UsageQuery
+from gateway.metering.report import to_csv, to_table
+from gateway.metering.stores import StoreError
 from gateway.state import GatewayState
 
 
-async def recent_usage(request: Request, state: GatewayState) -> Response:
+async def _admin(request: Request, state: GatewayState) -> Principal:
     runtime = state.runtimes.get()
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
     if "admin" not in principal.roles:
-        raise PermissionDenied(f"Key {principal.id!r} does not have the admin role.")
-    limit = 100
-    for pair in request.scope.get("query_string", b"").decode("latin-1").split("&"):
-        name, _, value = pair.partition("=")
-        if name == "limit":
-            if not value.isdigit():
-                raise BadRequest("'limit' must be a non-negative integer.")
-            limit = int(value)
-    events = [event.as_dict() for event in state.usage.latest(limit)]
+        raise PermissionDenied(f"{principal.id!r} does not have the admin role.")
+    return principal
+
+
+def _query(request: Request) -> dict[str, str]:
+    parsed = parse_qs(request.scope.get("query_string", b"").decode("latin-1"))
+    return {name: values[-1] for name, values in parsed.items()}
+
+
+async def recent_usage(request: Request, state: GatewayState) -> Response:
+    await _admin(request, state)
+    limit = _query(request).get("limit", "100")
+    if not limit.isdigit():
+        raise BadRequest("'limit' must be a non-negative integer.")
+    events = [event.as_dict() for event in state.usage.recent.latest(int(limit))]
     return Response(200, orjson.dumps({"data": events}))
+
+
+async def usage(request: Request, state: GatewayState) -> Response:
+    """`GET /admin/usage?since=&until=&group_by=principal,endpoint,day&format=json|csv`."""
+    await _admin(request, state)
+    params = _query(request)
+    query = UsageQuery.parse(
+        params.get("since"), params.get("until"), params.get("group_by"), params.get("format")
+    )
+    ledger = state.usage.ledger
+    if ledger is None:
+        raise NotReady("The usage ledger is not running.")
+    try:
+        rows = await ledger.query(query.since, query.until, query.group_by)
+    except StoreError as exc:
+        raise NotReady(f"The usage database is unavailable: {exc}") from exc
+    if query.format == "csv":
+        return Response(200, to_csv(rows).encode(), content_type=b"text/csv; charset=utf-8")
+    if query.format == "table":
+        return Response(200, to_table(rows).encode(), content_type=b"text/plain; charset=utf-8")
+    return Response(200, orjson.dumps({"data": rows}))
+
+
+async def metrics(request: Request, state: GatewayState) -> Response:
+    """Prometheus exposition; open like every health route (labels hold no secrets)."""
+    ledger = state.usage.ledger
+    if ledger is not None:
+        stats = ledger.stats()
+        state.metrics.ledger_queue_depth.set(stats.backlog_events)
+        state.metrics.ledger_write_failures_total.set(stats.write_failures)
+    return Response(200, state.metrics.exposition(), content_type=b"text/plain; version=0.0.4")

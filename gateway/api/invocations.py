@@ -75,7 +75,7 @@ async def _score(
         status = error.status
         raise
     finally:
-        state.usage.record(
+        await state.usage.record(
             UsageEvent(
                 request_id=request.request_id,
                 time=time.time() - (time.perf_counter() - request.started),
@@ -88,6 +88,7 @@ async def _score(
                 latency_ms=(time.perf_counter() - request.started) * 1000,
                 overhead_ms=0.0,
                 rows=scoring_request.row_count() if status == 200 else 0,
-            )
+            ),
+            principal,
         )
     return Response(200, result, headers=[(SERVED_MODEL, served.label.encode())])

@@ -99,17 +99,17 @@ async def call_llm_endpoint(
                 request, llm_routing.complete(endpoint, runtime.llm_endpoints, llm_request)
             )
     except GatewayError as error:
-        meter.finish(error.status, None, overhead_ms=0.0)
+        await meter.finish(error.status, None, overhead_ms=0.0)
         raise
     except ClientDisconnected:
-        meter.finish(CLIENT_CLOSED, None, overhead_ms=0.0)
+        await meter.finish(CLIENT_CLOSED, None, overhead_ms=0.0)
         raise
     if not llm_request.stream:
         completed = routed.result
         meter.served(routed.endpoint, completed.served, routed.fallback_used)
         usage = completed.usage or await estimate_usage(llm_request, completed.body)
         overhead = meter.overhead_ms(completed.upstream_ms)
-        meter.finish(200, usage, overhead_ms=overhead)
+        await meter.finish(200, usage, overhead_ms=overhead)
         return Response(200, completed.body, headers=[*meter.headers(), _overhead_header(overhead)])
     streaming = routed_stream.result
     meter.served(routed_stream.endpoint, streaming.served, routed_stream.fallback_used)
@@ -193,7 +193,7 @@ async def _end_stream(
     finally:
         if usage is None:
             usage = await _estimate(request, texts)
-        meter.finish(status, usage, overhead_ms=overhead_ms)
+        await meter.finish(status, usage, overhead_ms=overhead_ms)
 
 
 _ending: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
@@ -281,10 +281,10 @@ class Meter:
     def overhead_ms(self, upstream_ms: float) -> float:
         return max(0.0, (time.perf_counter() - self._request.started) * 1000 - upstream_ms)
 
-    def finish(self, status: int, usage: TokenUsage | None, *, overhead_ms: float) -> None:
+    async def finish(self, status: int, usage: TokenUsage | None, *, overhead_ms: float) -> None:
         latency_ms = (time.perf_counter() - self._request.started) * 1000
         price = self._endpoint.price
-        self._state.usage.record(
+        await self._state.usage.record(
             UsageEvent(
                 request_id=self._request.request_id,
                 time=self._wall,
@@ -301,5 +301,6 @@ class Meter:
                 estimated=usage.estimated if usage else False,
                 cost_usd=price.cost(usage) if price and usage else 0.0,
                 fallback_used=self._fallback,
-            )
+            ),
+            self._principal,
         )

@@ -126,9 +126,14 @@ class LiteLLMBackend:
     def _translate(self, exc: Exception) -> GatewayError:
         """litellm's exception classes → the gateway's; by class and status, never by text."""
         errors = self._litellm.exceptions
-        message = f"Upstream {self.label}: {getattr(exc, 'message', None) or exc}"
         if isinstance(exc, GatewayError):
             return exc
+        if isinstance(exc, errors.MidStreamFallbackError) and isinstance(
+            exc.original_exception, Exception
+        ):
+            # What broke a stream comes wrapped, with the wrapper's status (a stall is a 408).
+            exc = exc.original_exception
+        message = f"Upstream {self.label}: {getattr(exc, 'message', None) or exc}"
         if isinstance(exc, errors.Timeout):
             return UpstreamTimeout(message)
         if isinstance(exc, errors.RateLimitError):

@@ -7,9 +7,10 @@ non-streaming calls, complete SSE events (`data: {...}\\n\\n`) for streaming one
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gateway.config import Task
 from gateway.metering.usage import TokenUsage
@@ -47,6 +48,15 @@ class Streaming:
     async def aclose(self) -> None:
         for closer in self.closers:
             await closer()
+
+
+Answer = TypeVar("Answer", Completed, Streaming)
+
+
+def plus_upstream_ms(answer: Answer, ms: float) -> Answer:
+    """`answer` with `ms` more upstream time: the failed attempts (and backoff) before it were
+    spent waiting on upstreams, which the gateway's overhead figure must not count."""
+    return dataclasses.replace(answer, upstream_ms=answer.upstream_ms + ms) if ms else answer
 
 
 class LLMBackend(Protocol):

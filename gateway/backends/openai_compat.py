@@ -50,6 +50,7 @@ OPENAI_FORMAT_PROVIDERS: dict[str, str | None] = {
     "openai_compatible": None,  # any other OpenAI-format server: needs api_base
 }
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
+SSE_CONTENT_TYPE = "text/event-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,13 @@ class OpenAICompatBackend:
                     body = await response.read()
                     raise upstream_status_error(
                         response.status, body, response.headers.get("retry-after"), target.label
+                    )
+                if response.content_type != SSE_CONTENT_TYPE:
+                    # A JSON body or an HTML page from a proxy would reach the client as an
+                    # empty "successful" stream: fail now, while a retry or fallback can help.
+                    raise UpstreamError(
+                        f"Upstream {target.label} answered a stream request with"
+                        f" {response.content_type!r}, not server-sent events."
                     )
         except BaseException as exc:
             deployment.in_flight -= 1

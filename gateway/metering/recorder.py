@@ -1,0 +1,57 @@
+"""Where each request's usage event goes: recent memory, metrics, and the durable ledger.
+
+`record` returns once the event is durable (fsynced to the ledger's spool), so a handler that
+awaits it before acknowledging a request never acknowledges one whose usage could be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from gateway.auth import Principal
+from gateway.config import UsageConfig
+from gateway.metering.ledger import Ledger
+from gateway.metering.spool import SpoolBusy
+from gateway.metering.usage import RecentUsage, UsageEvent
+from gateway.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_WORKER_SPOOLS = 64
+
+
+class UsageRecorder:
+    def __init__(self, metrics: Metrics) -> None:
+        self.recent = RecentUsage()
+        self.metrics = metrics
+        self.ledger: Ledger | None = None
+
+    async def open_ledger(self, config: UsageConfig, base_dir: Path) -> None:
+        """Start the ledger on the first free worker spool (`spool_dir/worker-N`).
+
+        Each process needs a spool of its own; taking the first free one (not one named by
+        PID) means a restarted worker takes over, and replays, the spool its predecessor left.
+        """
+        for index in range(MAX_WORKER_SPOOLS):
+            worker_config = config.model_copy(
+                update={"spool_dir": str(Path(config.spool_dir) / f"worker-{index}")}
+            )
+            ledger = Ledger.open(worker_config, base_dir)
+            try:
+                await ledger.start()
+            except SpoolBusy:
+                continue
+            self.ledger = ledger
+            return
+        raise RuntimeError(f"every one of {MAX_WORKER_SPOOLS} worker spools is in use")
+
+    async def record(self, event: UsageEvent, principal: Principal) -> None:
+        self.recent.record(event)
+        self.metrics.record(event, principal_label=principal.metrics_label)
+        if self.ledger is not None:
+            await self.ledger.record(event)
+
+    async def aclose(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.aclose()
