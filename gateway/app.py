@@ -25,6 +25,7 @@ from gateway.errors import (
     render_openai,
 )
 from gateway.http import ClientDisconnected, Request, Response, StreamingResponse
+from gateway.limits import open_limiter
 from gateway.metering.recorder import UsageRecorder
 from gateway.metrics import Metrics
 from gateway.router import Router
@@ -45,7 +46,10 @@ class GatewayApp:
         self.holder = RuntimeHolder()
         metrics = Metrics()
         self.state = GatewayState(
-            runtimes=self.holder, usage=UsageRecorder(metrics), metrics=metrics
+            runtimes=self.holder,
+            usage=UsageRecorder(metrics),
+            metrics=metrics,
+            limiter=open_limiter(loaded.config.limits),
         )
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
@@ -123,7 +127,9 @@ class GatewayApp:
     async def _load(self) -> None:
         try:
             await self.state.usage.open_ledger(self.loaded.config.usage, self.loaded.base_dir)
-            runtime = await asyncio.to_thread(build_runtime, self.loaded)
+            runtime = await asyncio.to_thread(
+                build_runtime, self.loaded, limiter=self.state.limiter, metrics=self.state.metrics
+            )
         except Exception as exc:
             failure = (
                 exc
@@ -153,6 +159,7 @@ class GatewayApp:
         if runtime is not None:
             await runtime.aclose()
         await self.state.usage.aclose()  # drains the ledger's spool into its database
+        await self.state.limiter.aclose()
 
 
 def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:
@@ -164,8 +171,8 @@ def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Re
         body = render_mlflow(error, expose_stack_traces=expose)
     headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
     retry_after = getattr(error, "retry_after_s", None)
-    if error.status == 429:
-        headers.append((b"retry-after", str(max(1, math.ceil(retry_after or 1))).encode()))
+    if error.status == 429 and retry_after is not None:  # None: retrying will not help
+        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
     return Response(error.status, body, headers=headers)
 
 

@@ -89,6 +89,10 @@ class RateLimited(ClientError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExceeded(RateLimited):
+    error_code = "BUDGET_EXCEEDED"
+
+
 # --- the gateway's own state ---------------------------------------------------------------------
 
 

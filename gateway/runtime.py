@@ -35,8 +35,11 @@ from gateway.config import (
 )
 from gateway.config_file import LoadedConfig
 from gateway.errors import ConfigError, ConfigIssue, EndpointNotFound, NotReady
+from gateway.governance import Governor
+from gateway.limits import Limiter, MemoryLimiter, RuleBook
 from gateway.llm_endpoint import LLMEndpoint
 from gateway.metering.pricing import price_for
+from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
     from gateway.jwt_auth import JWTVerifier
@@ -55,6 +58,7 @@ class Runtime:
     default_endpoint: str | None
     sessions: SessionPool
     loaded_at: float  # epoch seconds
+    governor: Governor
 
     def endpoint(self, name: str) -> Endpoint:
         endpoint = self.endpoints.get(name)
@@ -96,7 +100,9 @@ class Runtime:
         await self.sessions.aclose()
 
 
-def build_runtime(loaded: LoadedConfig) -> Runtime:
+def build_runtime(
+    loaded: LoadedConfig, *, limiter: Limiter | None = None, metrics: Metrics | None = None
+) -> Runtime:
     """Load every model and prepare every upstream of the config (blocking: call from a thread).
 
     Raises ConfigError listing every problem, by YAML path.
@@ -152,6 +158,12 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
         default_endpoint=default,
         sessions=sessions,
         loaded_at=time.time(),
+        governor=Governor(
+            limiter=limiter or MemoryLimiter(),
+            rules=RuleBook(config),
+            on_store_error=config.limits.on_store_error,
+            metrics=metrics or Metrics(),
+        ),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.limits import Limiter
 from gateway.metering.recorder import UsageRecorder
 from gateway.metrics import Metrics
 from gateway.runtime import RuntimeHolder
@@ -14,3 +15,4 @@ class GatewayState:
     runtimes: RuntimeHolder
     usage: UsageRecorder
     metrics: Metrics
+    limiter: Limiter  # its counters outlive config versions

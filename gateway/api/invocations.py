@@ -13,6 +13,7 @@ from gateway.auth import Principal
 from gateway.backends import scoring
 from gateway.backends.mlflow_model import CustomEndpoint
 from gateway.errors import GatewayError
+from gateway.governance import UNLIMITED
 from gateway.http import Request, Response, StreamingResponse
 from gateway.metering.usage import UsageEvent
 from gateway.runtime import Endpoint, Runtime
@@ -67,14 +68,18 @@ async def _score(
     body = await request.body(runtime.loaded.config.server.max_body_bytes)
     served = endpoint.pick()
     scoring_request = scoring.ScoringRequest.from_body(mime, body)
+    governor = runtime.governor
+    reservation = UNLIMITED
     status = 200
     try:
+        reservation = await governor.admit(principal, endpoint.name)
         result = await served.score(scoring_request)
     except GatewayError as error:
         error.served_model = served.label
         status = error.status
         raise
     finally:
+        await governor.settle(reservation)
         await state.usage.record(
             UsageEvent(
                 request_id=request.request_id,
@@ -91,4 +96,6 @@ async def _score(
             ),
             principal,
         )
-    return Response(200, result, headers=[(SERVED_MODEL, served.label.encode())])
+    return Response(
+        200, result, headers=[(SERVED_MODEL, served.label.encode()), *reservation.headers()]
+    )
