@@ -31,7 +31,9 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> None:
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -58,7 +60,17 @@ def run_gateway(
     log_path = workdir / f"gateway-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(port), *extra_args],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config_path),
+                "--port",
+                str(port),
+                *extra_args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -17,11 +17,16 @@ IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "p
 
 
 @pytest.fixture(scope="module")
-def gateway(models: TestModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    models: TestModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("batching")
     endpoints = ""
     for name, model in (("iris", models.classifier), ("diabetes", models.regressor)):
-        for suffix, batching in (("plain", ""), ("batched", "batching: {max_batch_size: 16, max_wait_ms: 5}")):
+        for suffix, batching in (
+            ("plain", ""),
+            ("batched", "batching: {max_batch_size: 16, max_wait_ms: 5}"),
+        ):
             endpoints += f"""
   - name: {name}-{suffix}
     type: custom
@@ -40,7 +45,9 @@ def iris_requests(rng: random.Random, count: int) -> list[dict[str, Any]]:
         if i % 3 == 0:
             requests.append({"dataframe_records": [dict(zip(IRIS_COLUMNS, row, strict=True))]})
         elif i % 7 == 0:
-            requests.append({"dataframe_split": {"columns": IRIS_COLUMNS, "data": [row, row[::-1]]}})
+            requests.append(
+                {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [row, row[::-1]]}}
+            )
         else:
             requests.append({"dataframe_split": {"columns": IRIS_COLUMNS, "data": [row]}})
         if i % 10 == 5:  # fails schema enforcement: a string where a double is expected
@@ -50,7 +57,9 @@ def iris_requests(rng: random.Random, count: int) -> list[dict[str, Any]]:
     return requests
 
 
-async def send_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[tuple[int, Any]]:
+async def send_all(
+    url: str, bodies: list[dict[str, Any]], concurrency: int
+) -> list[tuple[int, Any]]:
     limits = httpx.Limits(max_connections=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -69,14 +78,21 @@ def batch_stats(gateway: GatewayProcess, endpoint: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("model", ["iris", "diabetes"])
-def test_batched_answers_equal_unbatched_ones_under_load(gateway: GatewayProcess, model: str) -> None:
+def test_batched_answers_equal_unbatched_ones_under_load(
+    gateway: GatewayProcess, model: str
+) -> None:
     rng = random.Random(7)
     if model == "iris":
         bodies = iris_requests(rng, 240)
     else:
         columns = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
         bodies = [
-            {"dataframe_split": {"columns": columns, "data": [[round(rng.uniform(-0.1, 0.1), 4) for _ in columns]]}}
+            {
+                "dataframe_split": {
+                    "columns": columns,
+                    "data": [[round(rng.uniform(-0.1, 0.1), 4) for _ in columns]],
+                }
+            }
             for _ in range(240)
         ]
         bodies[17] = {"dataframe_split": {"columns": columns, "data": [["bad", *[0.0] * 9]]}}
@@ -108,7 +124,9 @@ def test_a_lone_request_is_not_delayed_into_a_batch(gateway: GatewayProcess) -> 
     body = {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}}
     before = batch_stats(gateway, "iris-batched")
     for _ in range(5):
-        response = httpx.post(f"{gateway.url}/serving-endpoints/iris-batched/invocations", json=body)
+        response = httpx.post(
+            f"{gateway.url}/serving-endpoints/iris-batched/invocations", json=body
+        )
         assert response.json() == {"predictions": [0]}
     after = batch_stats(gateway, "iris-batched")
     assert (after[0] - before[0], after[1] - before[1]) == (5, 5)

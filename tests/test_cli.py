@@ -19,20 +19,28 @@ def gateway_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 def test_keys_new_prints_a_fresh_key_and_its_sha256() -> None:
-    first, second = gateway_cli("keys", "new", "--id", "analytics"), gateway_cli("keys", "new", "--id", "x")
+    first, second = (
+        gateway_cli("keys", "new", "--id", "analytics"),
+        gateway_cli("keys", "new", "--id", "x"),
+    )
     assert first.returncode == 0
     key = re.search(r"^\s+(gw-\S+)$", first.stdout, re.MULTILINE)
     assert key is not None
     assert len(key.group(1)) >= 3 + 43  # prefix + 32 bytes, base64url
     digest = re.search(r'sha256: "([0-9a-f]{64})"', first.stdout)
-    assert digest is not None and digest.group(1) == hashlib.sha256(key.group(1).encode()).hexdigest()
+    assert (
+        digest is not None and digest.group(1) == hashlib.sha256(key.group(1).encode()).hexdigest()
+    )
     assert "- id: analytics" in first.stdout
     assert key.group(1) not in second.stdout
 
 
-def test_check_accepts_a_valid_config_and_loads_its_models(models: TestModels, tmp_path: Path) -> None:
+def test_check_accepts_a_valid_config_and_loads_its_models(
+    models: TestModels, tmp_path: Path
+) -> None:
     config = write_config(
-        tmp_path, f"endpoints:\n  - {{name: iris, type: custom, served_models: [{{model: '{models.classifier}'}}]}}\n"
+        tmp_path,
+        f"endpoints:\n  - {{name: iris, type: custom, served_models: [{{model: '{models.classifier}'}}]}}\n",
     )
     result = gateway_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stderr
@@ -62,7 +70,10 @@ def test_check_reports_models_that_cannot_load(tmp_path: Path) -> None:
     )
     result = gateway_cli("check", "--config", str(config))
     assert result.returncode == 1
-    assert "endpoints[0].served_models[0].model: './missing' is not an MLflow model folder" in result.stderr
+    assert (
+        "endpoints[0].served_models[0].model: './missing' is not an MLflow model folder"
+        in result.stderr
+    )
 
 
 def test_serve_refuses_an_invalid_config_before_binding(tmp_path: Path) -> None:

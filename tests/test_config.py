@@ -54,7 +54,7 @@ def test_unknown_keys_are_rejected_by_path() -> None:
 
 
 def test_missing_environment_variables_are_named_by_path() -> None:
-    text = f"auth:\n  keys:\n    - {{id: a, key: '${{NOPE}}'}}\nendpoints:" + endpoint()
+    text = "auth:\n  keys:\n    - {id: a, key: '${NOPE}'}\nendpoints:" + endpoint()
     assert "auth.keys[0].key: environment variable NOPE is not set" in issues_of(text)
 
 
@@ -119,7 +119,9 @@ endpoints:
 def test_traffic_out_of_range_is_rejected_by_path() -> None:
     text = "endpoints:" + endpoint().replace("traffic: 100", "traffic: 101")
     issues = issues_of(text)
-    assert any(i.startswith("endpoints[0].served_models[0].traffic: Input should be less") for i in issues)
+    assert any(
+        i.startswith("endpoints[0].served_models[0].traffic: Input should be less") for i in issues
+    )
 
 
 def test_endpoint_names_must_be_unique() -> None:
@@ -135,7 +137,9 @@ def test_endpoint_names_must_be_url_safe() -> None:
 def test_only_one_endpoint_can_be_the_default() -> None:
     default = "\n    default: true"
     issues = issues_of("endpoints:" + endpoint("a", default) + endpoint("b", default))
-    assert issues == ["endpoints[1].default: only one endpoint can be the default (endpoints[0] already is)"]
+    assert issues == [
+        "endpoints[1].default: only one endpoint can be the default (endpoints[0] already is)"
+    ]
 
 
 def test_an_unknown_endpoint_type_is_rejected() -> None:
@@ -197,8 +201,10 @@ LLM = """
 
 
 def test_an_llm_config_is_valid() -> None:
-    text = "endpoints:" + LLM.format(name="a", task="chat", fallbacks="[b]") + LLM.format(
-        name="b", task="chat", fallbacks="[]"
+    text = (
+        "endpoints:"
+        + LLM.format(name="a", task="chat", fallbacks="[b]")
+        + LLM.format(name="b", task="chat", fallbacks="[]")
     )
     loaded = parse_config(text, environ={})
     assert loaded.config.endpoints[0].fallbacks == ("b",)  # type: ignore[union-attr]
@@ -224,7 +230,9 @@ def test_deployments_need_an_http_api_base() -> None:
         "http://127.0.0.1:9/v1", "ftp://x"
     )
     (issue,) = issues_of(text)
-    assert issue.startswith("endpoints[0].deployments[0].api_base: must be an http:// or https:// URL")
+    assert issue.startswith(
+        "endpoints[0].deployments[0].api_base: must be an http:// or https:// URL"
+    )
 
 
 def test_an_unknown_task_is_rejected_by_path() -> None:
@@ -239,7 +247,9 @@ def test_an_external_provider_without_a_default_base_needs_one(tmp_path: Path) -
     )
     with pytest.raises(ConfigError) as caught:
         build_runtime(load_config_file(config))
-    assert [str(i) for i in caught.value.issues] == ["endpoints[0]: provider 'azure' needs an api_base"]
+    assert [str(i) for i in caught.value.issues] == [
+        "endpoints[0]: provider 'azure' needs an api_base"
+    ]
 
 
 def test_keys_may_only_name_configured_groups() -> None:

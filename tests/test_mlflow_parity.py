@@ -503,7 +503,10 @@ def what_the_gateway_should_answer(case: Case, mlflow: Answer, gateway: Answer) 
         return Answer(
             400,
             JSON,
-            {"error_code": "BAD_REQUEST", "message": message if message.startswith(prefix) else prefix},
+            {
+                "error_code": "BAD_REQUEST",
+                "message": message if message.startswith(prefix) else prefix,
+            },
         )
     raise AssertionError(f"unknown difference {difference}")
 

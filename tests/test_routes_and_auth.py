@@ -14,7 +14,10 @@ from tests.models import TestModels
 
 ANALYST_KEY = "gw-analyst-test-key-0123456789abcdef"
 ADMIN_KEY = "gw-admin-test-key-0123456789abcdef"
-IRIS_ROW = {"columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"], "data": [[5.1, 3.5, 1.4, 0.2]]}
+IRIS_ROW = {
+    "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"],
+    "data": [[5.1, 3.5, 1.4, 0.2]],
+}
 SCORE = {"dataframe_split": IRIS_ROW}
 
 
@@ -23,7 +26,9 @@ def sha(key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(models: TestModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    models: TestModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("routes")
     config = write_config(
         workdir,
@@ -47,7 +52,9 @@ endpoints:
         yield process
 
 
-def post(gateway: GatewayProcess, path: str, key: str | None = ANALYST_KEY, **kwargs: object) -> httpx.Response:
+def post(
+    gateway: GatewayProcess, path: str, key: str | None = ANALYST_KEY, **kwargs: object
+) -> httpx.Response:
     headers = {"content-type": "application/json", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
     if key is not None:
         headers["authorization"] = f"Bearer {key}"
@@ -63,7 +70,9 @@ def test_a_valid_bearer_key_scores(gateway: GatewayProcess, models: TestModels) 
 
 
 def test_x_api_key_is_accepted_too(gateway: GatewayProcess) -> None:
-    response = post(gateway, "/invocations", key=None, headers={"x-api-key": ANALYST_KEY}, json=SCORE)
+    response = post(
+        gateway, "/invocations", key=None, headers={"x-api-key": ANALYST_KEY}, json=SCORE
+    )
     assert response.status_code == 200, response.text
 
 
@@ -81,7 +90,9 @@ def test_a_client_request_id_is_echoed(gateway: GatewayProcess) -> None:
         ({"x-api-key": "gw-not-a-key"}, "Invalid API key."),
     ],
 )
-def test_missing_or_unknown_keys_get_401(gateway: GatewayProcess, headers: dict[str, str], message: str) -> None:
+def test_missing_or_unknown_keys_get_401(
+    gateway: GatewayProcess, headers: dict[str, str], message: str
+) -> None:
     response = post(gateway, "/invocations", key=None, headers=headers, json=SCORE)
     assert response.status_code == 401
     body = response.json()
