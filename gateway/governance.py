@@ -5,6 +5,7 @@ step before a call goes upstream, and settled to what the call really used when 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth import Principal
@@ -27,14 +28,22 @@ class Governor:
     metrics: Metrics
 
     async def admit(
-        self, principal: Principal, endpoint: str, *, tokens: int = 0, cost_usd: float = 0.0
+        self,
+        principal: Principal,
+        endpoint: str,
+        demand: Callable[[], tuple[int, float]] | None = None,
     ) -> Reservation:
-        """A reservation to settle when the call ends; raises 429 (or 503) when refused."""
+        """A reservation to settle when the call ends; raises 429 (or 503) when refused.
+
+        `demand` gives the worst case the call may use, (tokens, USD); it is only worked out
+        when some rule applies.
+        """
         # JWT subjects get no key's rules, even one whose id equals their subject.
         key_id = principal.id if principal.kind == "key" else f"{principal.kind}:{principal.id}"
         rules = self.rules.for_call(key_id, endpoint, principal.groups)
         if not rules:
             return UNLIMITED
+        tokens, cost_usd = demand() if demand is not None else (0, 0.0)
         try:
             return await self.limiter.acquire(rules, tokens=tokens, cost_usd=cost_usd)
         except LimitExceeded as exc:

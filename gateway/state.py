@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from gateway.limits import Limiter
 from gateway.metering.recorder import UsageRecorder
@@ -16,3 +17,5 @@ class GatewayState:
     usage: UsageRecorder
     metrics: Metrics
     limiter: Limiter  # its counters outlive config versions
+    # Tasks that must finish even if their request is cancelled (the loop holds weak refs).
+    background: set[asyncio.Task[None]] = field(default_factory=set)

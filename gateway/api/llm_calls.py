@@ -20,6 +20,7 @@ from gateway.backends.llm import LLMRequest, Streaming
 from gateway.backends.openai_compat import usage_from
 from gateway.config import Task
 from gateway.errors import BadRequest, GatewayError, render_openai
+from gateway.governance import UNLIMITED
 from gateway.http import (
     ClientDisconnected,
     Request,
@@ -37,6 +38,7 @@ from gateway.state import GatewayState
 SERVED_MODEL = b"x-served-model"
 OVERHEAD = b"x-gateway-overhead-ms"
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away"
+DISCONNECT_WATCH_AFTER_S = 0.05
 
 Result = TypeVar("Result")
 
@@ -88,8 +90,12 @@ async def call_llm_endpoint(
     body: dict[str, Any],
 ) -> Response | StreamingResponse:
     llm_request = validate(task, endpoint, body)
-    meter = Meter(request, state, principal, endpoint)
+    meter = Meter(request, state, runtime, principal, endpoint)
+    default_max_tokens = runtime.loaded.config.limits.default_max_tokens
     try:
+        meter.reservation = await runtime.governor.admit(
+            principal, endpoint.name, lambda: worst_case(llm_request, endpoint, default_max_tokens)
+        )
         if llm_request.stream:
             routed_stream = await _unless_client_leaves(
                 request, llm_routing.open_stream(endpoint, runtime.llm_endpoints, llm_request)
@@ -109,7 +115,7 @@ async def call_llm_endpoint(
         meter.served(routed.endpoint, completed.served, routed.fallback_used)
         usage = completed.usage or await estimate_usage(llm_request, completed.body)
         overhead = meter.overhead_ms(completed.upstream_ms)
-        await meter.finish(200, usage, overhead_ms=overhead)
+        await meter.finish(200, usage, overhead_ms=overhead)  # durable before acknowledged
         return Response(200, completed.body, headers=[*meter.headers(), _overhead_header(overhead)])
     streaming = routed_stream.result
     meter.served(routed_stream.endpoint, streaming.served, routed_stream.fallback_used)
@@ -121,6 +127,31 @@ async def call_llm_endpoint(
     )
 
 
+def worst_case(
+    request: LLMRequest, endpoint: LLMEndpoint, default_max_tokens: int
+) -> tuple[int, float]:
+    """What a call may use at most, reserved against token limits and budgets before it runs:
+    its prompt (counted roughly, 4 characters a token, rounded up) plus its `max_tokens`."""
+    body = request.body
+    if request.task == "chat":
+        texts = message_texts(body.get("messages"))
+    else:
+        field = body.get("prompt" if request.task == "completions" else "input")
+        texts = (
+            [field] if isinstance(field, str) else [t for t in field or () if isinstance(t, str)]
+        )
+    prompt = sum(len(text) + 3 for text in texts) // 4 + 1
+    if request.task == "embeddings":
+        completion = 0
+    else:
+        completion = (
+            body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+        )
+    price = endpoint.price
+    cost = price.cost(TokenUsage(prompt, completion)) if price is not None else 0.0
+    return prompt + completion, cost
+
+
 def _overhead_header(overhead_ms: float) -> tuple[bytes, bytes]:
     return (OVERHEAD, f"{overhead_ms:.3f}".encode())
 
@@ -128,19 +159,38 @@ def _overhead_header(overhead_ms: float) -> tuple[bytes, bytes]:
 async def _unless_client_leaves(request: Request, call: Coroutine[Any, Any, Result]) -> Result:
     """`call`'s result; if the client disconnects first, `call` is cancelled and
     ClientDisconnected raised: nobody would read the answer, and an upstream call holds its
-    deployment (and any provisioned slot) until it ends, minutes for a slow model."""
-    work = asyncio.ensure_future(call)
-    watch = asyncio.ensure_future(wait_for_disconnect(request.receive))
+    deployment (and any provisioned slot) until it ends, minutes for a slow model.
+
+    Watching costs a task per call, so it only starts once the call has run for a while: a
+    fast call never pays for it, and a client leaving a slow one is noticed within that time.
+    """
+    this_task = asyncio.current_task()
+    assert this_task is not None
+    watcher: asyncio.Task[None] | None = None
+    client_left = False
+
+    async def cancel_when_client_leaves() -> None:
+        nonlocal client_left
+        await wait_for_disconnect(request.receive)
+        client_left = True
+        this_task.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(cancel_when_client_leaves())
+
+    timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, start_watching)
     try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await call
+    except asyncio.CancelledError:
+        if client_left:
+            this_task.uncancel()
+            raise ClientDisconnected from None
+        raise
     finally:
-        for task in (work, watch):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(work, watch, return_exceptions=True)
-    if work.cancelled():
-        raise ClientDisconnected
-    return work.result()  # an answer that came with the disconnect: its response sees to it
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def relay(
@@ -150,10 +200,14 @@ async def relay(
     usage: TokenUsage | None = None
     texts: list[str] = []
     status = CLIENT_CLOSED  # until the stream ends one way or another
+    done: bytes | None = None
     try:
         async for event in streaming.events:
             data = event_data(event)
-            if data is None or data == b"[DONE]":
+            if data == b"[DONE]":
+                done = event  # sent once the call's usage is durable: see below
+                continue
+            if data is None:
                 yield event
                 continue
             try:
@@ -176,7 +230,11 @@ async def relay(
     finally:
         # A client that leaves cancels this generator at any await, this block's included;
         # shielded, the stream is still closed (its slot released) and the call metered.
-        await _shielded(_end_stream(streaming, request, meter, status, usage, texts, overhead_ms))
+        await meter.shielded(
+            _end_stream(streaming, request, meter, status, usage, texts, overhead_ms)
+        )
+    if done is not None:
+        yield done  # the client's sign of a complete answer: its usage is on disk already
 
 
 async def _end_stream(
@@ -194,17 +252,6 @@ async def _end_stream(
         if usage is None:
             usage = await _estimate(request, texts)
         await meter.finish(status, usage, overhead_ms=overhead_ms)
-
-
-_ending: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
-
-
-async def _shielded(ending: Coroutine[Any, Any, None]) -> None:
-    """Run `ending` to completion even if the caller is cancelled meanwhile."""
-    task = asyncio.ensure_future(ending)
-    _ending.add(task)
-    task.add_done_callback(_ending.discard)
-    await asyncio.shield(task)
 
 
 def _chunk_texts(chunk: dict[str, Any]) -> list[str]:
@@ -252,13 +299,30 @@ async def _estimate(request: LLMRequest, completion_texts: list[str]) -> TokenUs
 class Meter:
     """Times one call and turns it into its usage event."""
 
-    __slots__ = ("_endpoint", "_fallback", "_principal", "_request", "_served", "_state", "_wall")
+    __slots__ = (
+        "_endpoint",
+        "_fallback",
+        "_principal",
+        "_request",
+        "_runtime",
+        "_served",
+        "_state",
+        "_wall",
+        "reservation",
+    )
 
     def __init__(
-        self, request: Request, state: GatewayState, principal: Principal, endpoint: LLMEndpoint
+        self,
+        request: Request,
+        state: GatewayState,
+        runtime: Runtime,
+        principal: Principal,
+        endpoint: LLMEndpoint,
     ) -> None:
         self._request = request
         self._state = state
+        self._runtime = runtime
+        self.reservation = UNLIMITED
         self._principal = principal
         self._endpoint = endpoint
         self._served = ""
@@ -276,7 +340,14 @@ class Meter:
         value = served if served.startswith(f"{name}/") else f"{name}/{served}"
         if self._fallback:
             value += ";fallback"
-        return [(SERVED_MODEL, value.encode())]
+        return [(SERVED_MODEL, value.encode()), *self.reservation.headers()]
+
+    async def shielded(self, ending: Coroutine[Any, Any, None]) -> None:
+        """Run `ending` to completion even if the caller is cancelled meanwhile."""
+        task = asyncio.ensure_future(ending)
+        self._state.background.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._state.background.discard)
+        await asyncio.shield(task)
 
     def overhead_ms(self, upstream_ms: float) -> float:
         return max(0.0, (time.perf_counter() - self._request.started) * 1000 - upstream_ms)
@@ -284,6 +355,10 @@ class Meter:
     async def finish(self, status: int, usage: TokenUsage | None, *, overhead_ms: float) -> None:
         latency_ms = (time.perf_counter() - self._request.started) * 1000
         price = self._endpoint.price
+        cost = price.cost(usage) if price and usage else 0.0
+        await self._runtime.governor.settle(
+            self.reservation, tokens=usage.total_tokens if usage else 0, cost_usd=cost
+        )
         await self._state.usage.record(
             UsageEvent(
                 request_id=self._request.request_id,
@@ -299,7 +374,7 @@ class Meter:
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
                 estimated=usage.estimated if usage else False,
-                cost_usd=price.cost(usage) if price and usage else 0.0,
+                cost_usd=cost,
                 fallback_used=self._fallback,
             ),
             self._principal,
