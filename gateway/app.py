@@ -7,10 +7,12 @@ a background thread, so the process answers `/ready` (503) while they load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway import anthropic_format
@@ -28,15 +30,17 @@ from gateway.http import ClientDisconnected, Request, Response, StreamingRespons
 from gateway.limits import open_limiter
 from gateway.metering.recorder import UsageRecorder
 from gateway.metrics import Metrics
+from gateway.reload import Reloader
 from gateway.router import Router
 from gateway.routes import DOCS_PATHS, ROUTES, Protocol
-from gateway.runtime import RuntimeHolder, build_runtime
+from gateway.runtime import Runtime, RuntimeHolder, build_runtime, registry_moved
 from gateway.state import GatewayState
 
 logger = logging.getLogger("gateway")
 
 REQUEST_ID = b"x-request-id"
 SERVED_MODEL = b"x-served-model"
+CONFIG_VERSION = b"x-config-version"
 CONFIG_ENV = "GATEWAY_CONFIG"
 
 
@@ -45,12 +49,20 @@ class GatewayApp:
         self.loaded = loaded
         self.holder = RuntimeHolder()
         metrics = Metrics()
+        limiter = open_limiter(loaded.config.limits)
+
+        def build(config: LoadedConfig, previous: Runtime | None) -> Runtime:
+            return build_runtime(config, limiter=limiter, metrics=metrics, previous=previous)
+
+        self._build = build
         self.state = GatewayState(
             runtimes=self.holder,
             usage=UsageRecorder(metrics),
             metrics=metrics,
-            limiter=open_limiter(loaded.config.limits),
+            limiter=limiter,
+            reloader=Reloader(self.holder, build, loaded.source),
         )
+        self._tasks: set[asyncio.Task[None]] = set()
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
         self._docs_app: Any = None
@@ -99,6 +111,8 @@ class GatewayApp:
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], path)
             response = _error_response(GatewayError("Internal error."), route.protocol, False)
+        if request.config_version:
+            extra.append((CONFIG_VERSION, request.config_version.encode()))
         if isinstance(response, StreamingResponse):
             await response.send(send, extra, receive)
         else:
@@ -127,9 +141,7 @@ class GatewayApp:
     async def _load(self) -> None:
         try:
             await self.state.usage.open_ledger(self.loaded.config.usage, self.loaded.base_dir)
-            runtime = await asyncio.to_thread(
-                build_runtime, self.loaded, limiter=self.state.limiter, metrics=self.state.metrics
-            )
+            runtime = await asyncio.to_thread(self._build, self.loaded, None)
         except Exception as exc:
             failure = (
                 exc
@@ -144,6 +156,8 @@ class GatewayApp:
                 self._on_fatal()
             return
         self.holder.current = runtime
+        self.state.reloader.activated(runtime)
+        self._watch_for_reloads()
         self._warming = [asyncio.create_task(warm()) for warm in runtime.warm_ups()]
         logger.info(
             "ready: config version %s, endpoints: %s",
@@ -151,10 +165,46 @@ class GatewayApp:
             ", ".join(runtime.endpoints) or "(none)",
         )
 
+    def _watch_for_reloads(self) -> None:
+        """SIGHUP re-reads the config file; registry aliases are re-resolved every poll_s."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_quietly(None)))
+        self._spawn(self._poll_registry())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_quietly(self, text: str | None) -> None:
+        with contextlib.suppress(ConfigError):  # logged and kept on /admin/config
+            await self.state.reloader.reload(text)
+
+    async def _poll_registry(self) -> None:
+        """When an alias (or /latest) points to a new version, re-apply the running config:
+        the new version loads beside the old one, which serves until the swap."""
+        while True:
+            runtime = self.holder.get()
+            poll_s = runtime.loaded.config.registry.poll_s
+            if poll_s <= 0:
+                return
+            await asyncio.sleep(poll_s)
+            runtime = self.holder.get()
+            try:
+                moved = await asyncio.to_thread(registry_moved, runtime)
+            except Exception:
+                logger.warning("cannot poll the model registry", exc_info=True)
+                continue
+            if moved:
+                logger.info("registry aliases moved: %s", ", ".join(moved))
+                await self._reload_quietly(runtime.loaded.text)
+
     async def _shutdown(self) -> None:
-        for task in [self._loading, *self._warming]:
+        for task in [self._loading, *self._warming, *self._tasks]:
             if task is not None and not task.done():
                 task.cancel()
+        await self.state.reloader.aclose()
         runtime = self.holder.current
         if runtime is not None:
             await runtime.aclose()

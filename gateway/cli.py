@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--group-by", default="principal,endpoint,day")
     usage.add_argument("--format", default="table", choices=("table", "csv", "json"))
 
+    reload = commands.add_parser(
+        "reload", help="validate a config and apply it to a running gateway"
+    )
+    reload.add_argument("--config", required=True)
+    reload.add_argument("--url", default="http://127.0.0.1:8080")
+    reload.add_argument("--key", help="an admin key (default: $GATEWAY_ADMIN_KEY)")
+
     keys = commands.add_parser("keys", help="API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = key_commands.add_parser("new", help="print a fresh key and its config snippet")
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "usage":
         return _usage(args)
+    if args.command == "reload":
+        return _reload(args)
     return _new_key(args.id)
 
 
@@ -145,6 +154,36 @@ def _usage(args: argparse.Namespace) -> int:
         print(orjson.dumps(rows).decode())
     else:
         print(to_table(rows))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Validate locally first (a typo never reaches the server), then send the file's text."""
+    import httpx
+
+    try:
+        loaded = load_config_file(args.config)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return 1
+    key = args.key or os.environ.get("GATEWAY_ADMIN_KEY", "")
+    try:
+        response = httpx.post(
+            f"{args.url.rstrip('/')}/admin/reload",
+            content=loaded.text.encode(),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/yaml"},
+            timeout=300,
+        )
+    except httpx.TransportError as exc:
+        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    answer = response.json()
+    if response.status_code != 200:
+        print(f"reload refused ({response.status_code}): {answer.get('message')}", file=sys.stderr)
+        for issue in answer.get("issues", []):
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    print(f"applied config version {answer['version']}: {orjson.dumps(answer['changes']).decode()}")
     return 0
 
 

@@ -241,8 +241,13 @@ class ServerConfig(Strict):
     expose_stack_traces: bool = False  # include model stack traces in error bodies (debug only)
 
 
+class RegistryConfig(Strict):
+    poll_s: float = Field(default=30.0, ge=0)  # re-resolve @alias and /latest models; 0: never
+
+
 class GatewayConfig(Strict):
     registry_uri: str | None = None
+    registry: RegistryConfig = RegistryConfig()
     auth: AuthConfig | None = None  # None: the gateway runs open (and says so loudly)
     groups: dict[str, GroupConfig] = {}
     limits: LimitsStoreConfig = LimitsStoreConfig()

@@ -33,6 +33,7 @@ class LoadedConfig:
     config: GatewayConfig
     source: Path | None  # the file it was read from; None when given as text
     version: str  # SHA-256 of the interpolated document: equal configs share a version
+    text: str  # the YAML it was made from (before interpolation), for reloads that re-apply it
 
     @property
     def base_dir(self) -> Path:
@@ -84,7 +85,7 @@ def parse_config(
     if issues or config is None:
         raise ConfigError(sorted(issues, key=_document_order))
     version = hashlib.sha256(yaml.safe_dump(interpolated, sort_keys=True).encode()).hexdigest()
-    return LoadedConfig(config=config, source=source, version=version[:16])
+    return LoadedConfig(config=config, source=source, version=version[:16], text=text)
 
 
 def _document_order(issue: ConfigIssue) -> tuple[tuple[int, int | str], ...]:

@@ -17,13 +17,22 @@ JSON = b"application/json"
 class Request:
     """A view of one ASGI HTTP request; headers are indexed on first use."""
 
-    __slots__ = ("_headers", "path_params", "receive", "request_id", "scope", "started")
+    __slots__ = (
+        "_headers",
+        "config_version",
+        "path_params",
+        "receive",
+        "request_id",
+        "scope",
+        "started",
+    )
 
     def __init__(self, scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
         self.scope = scope
         self.receive = receive
         self.path_params = path_params
         self.request_id = ""  # set by the app: the client's x-request-id or a fresh one
+        self.config_version = ""  # set when the request takes its runtime snapshot
         self.started = time.perf_counter()  # for latency and gateway-overhead figures
         self._headers: dict[bytes, bytes] | None = None
 

@@ -40,6 +40,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/admin/usage/recent", GET, admin.recent_usage),
     Route("/admin/usage", GET, admin.usage),
     Route("/metrics", GET, admin.metrics),
+    Route("/admin/reload", POST, admin.reload),
+    Route("/admin/config", GET, admin.config),
 )
 
 # Served by the (lazily built) documentation app.

@@ -18,7 +18,12 @@ from gateway.auth import KeyRing
 from gateway.backends.custom_chat import CustomChatBackend
 from gateway.backends.http_pool import SessionPool
 from gateway.backends.llm import LLMBackend
-from gateway.backends.mlflow_model import CustomEndpoint, ServedModel, load_served_model
+from gateway.backends.mlflow_model import (
+    CustomEndpoint,
+    ReuseKey,
+    ServedModel,
+    load_served_model,
+)
 from gateway.backends.openai_compat import (
     OPENAI_FORMAT_PROVIDERS,
     OpenAICompatBackend,
@@ -93,6 +98,25 @@ class Runtime:
             warm_ups.append(self.keyring.jwt.start)  # fetch the issuer's keys early
         return warm_ups
 
+    def served_models(self) -> dict[ReuseKey, ServedModel]:
+        """The loaded models, by where they came from: what a reload may reuse."""
+        return {
+            served.reuse_key: served
+            for endpoint in self.endpoints.values()
+            if isinstance(endpoint, CustomEndpoint)
+            for served in endpoint.served
+            if served.reuse_key is not None
+        }
+
+    async def retire(self, successor: Runtime) -> None:
+        """Close what this runtime has and `successor` does not use (models, the JWT verifier)."""
+        kept = {id(model) for model in successor.served_models().values()}
+        for model in self.served_models().values():
+            if id(model) not in kept:
+                await model.aclose()
+        if self.keyring is not successor.keyring:
+            await self.keyring.aclose()
+
     async def aclose(self) -> None:
         for endpoint in self.endpoints.values():
             await endpoint.aclose()
@@ -101,15 +125,21 @@ class Runtime:
 
 
 def build_runtime(
-    loaded: LoadedConfig, *, limiter: Limiter | None = None, metrics: Metrics | None = None
+    loaded: LoadedConfig,
+    *,
+    limiter: Limiter | None = None,
+    metrics: Metrics | None = None,
+    previous: Runtime | None = None,
 ) -> Runtime:
     """Load every model and prepare every upstream of the config (blocking: call from a thread).
 
     Raises ConfigError listing every problem, by YAML path.
     """
     config = loaded.config
-    custom = _load_custom_endpoints(loaded)
-    sessions = SessionPool()
+    reuse = previous.served_models() if previous is not None else {}
+    custom = _load_custom_endpoints(loaded, reuse)
+    # Upstream pools outlive config versions: a reload keeps its warm connections.
+    sessions = previous.sessions if previous is not None else SessionPool()
     issues: list[ConfigIssue] = []
     endpoints: dict[str, Endpoint] = {}
     llm: dict[str, LLMEndpoint] = {}
@@ -140,8 +170,7 @@ def build_runtime(
         except ValueError as exc:
             issues.append(ConfigIssue("auth.jwt", str(exc)))
     if issues:
-        for endpoint in custom.values():
-            endpoint.discard()
+        _discard_new(custom, reuse)
         raise ConfigError(issues)
 
     default = next(
@@ -175,7 +204,19 @@ def _jwt_verifier(config: JWTConfig, sessions: SessionPool) -> JWTVerifier:
     return JWTVerifier(config, http=functools.partial(sessions.session_for, config.jwks_url))
 
 
-def _load_custom_endpoints(loaded: LoadedConfig) -> dict[str, CustomEndpoint]:
+def _discard_new(
+    custom: Mapping[str, CustomEndpoint], reuse: Mapping[ReuseKey, ServedModel]
+) -> None:
+    kept = {id(model) for model in reuse.values()}
+    for endpoint in custom.values():
+        for served in endpoint.served:
+            if id(served) not in kept:
+                served.discard()
+
+
+def _load_custom_endpoints(
+    loaded: LoadedConfig, reuse: Mapping[ReuseKey, ServedModel]
+) -> dict[str, CustomEndpoint]:
     """Load every served model, in parallel threads; ConfigError lists every failure."""
     config = loaded.config
     jobs = [
@@ -199,6 +240,7 @@ def _load_custom_endpoints(loaded: LoadedConfig) -> dict[str, CustomEndpoint]:
                 endpoint,
                 base_dir=loaded.base_dir,
                 registry_uri=config.registry_uri,
+                reuse=reuse,
             )
             for i, j, endpoint, served in jobs
         }
@@ -208,8 +250,10 @@ def _load_custom_endpoints(loaded: LoadedConfig) -> dict[str, CustomEndpoint]:
             except ValueError as exc:
                 issues.append(ConfigIssue(f"endpoints[{i}].served_models[{j}].model", str(exc)))
     if issues:
+        kept = {id(model) for model in reuse.values()}
         for model in results.values():
-            model.discard()
+            if id(model) not in kept:
+                model.discard()
         raise ConfigError(issues)
     return {
         endpoint.name: CustomEndpoint(
@@ -264,6 +308,30 @@ def _external_target(config: ExternalEndpointConfig) -> Target:
     if config.provider == "azure":
         return azure_target(label, api_base, config.model, key, config.api_version)
     return openai_target(label, api_base, config.model, key)
+
+
+def registry_moved(runtime: Runtime) -> list[str]:
+    """Registry models (`@alias`, `/latest`) that now resolve to another version (blocking)."""
+    from gateway.backends.mlflow_model import REGISTRY_SCHEME, resolve_model
+
+    config = runtime.loaded.config
+    serving = {
+        served.reuse_key[0] for served in runtime.served_models().values() if served.reuse_key
+    }
+    moved = []
+    for endpoint in config.endpoints:
+        if not isinstance(endpoint, CustomEndpointConfig):
+            continue
+        for spec in endpoint.served_models:
+            pinned = spec.model.rsplit("/", 1)[-1].isdigit()
+            if not spec.model.startswith(REGISTRY_SCHEME) or pinned:
+                continue
+            resolved = resolve_model(
+                spec.model, base_dir=runtime.loaded.base_dir, registry_uri=config.registry_uri
+            )
+            if resolved.load_uri not in serving:
+                moved.append(f"{spec.model} → {resolved.label}")
+    return moved
 
 
 class RuntimeHolder:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from gateway.http import Request
 from gateway.limits import Limiter
 from gateway.metering.recorder import UsageRecorder
 from gateway.metrics import Metrics
-from gateway.runtime import RuntimeHolder
+from gateway.reload import Reloader
+from gateway.runtime import Runtime, RuntimeHolder
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,5 +19,13 @@ class GatewayState:
     usage: UsageRecorder
     metrics: Metrics
     limiter: Limiter  # its counters outlive config versions
+    reloader: Reloader
+
+    def runtime_for(self, request: Request) -> Runtime:
+        """The snapshot this request uses to its end; its version goes on the response."""
+        runtime = self.runtimes.get()
+        request.config_version = runtime.loaded.version
+        return runtime
+
     # Tasks that must finish even if their request is cancelled (the loop holds weak refs).
     background: set[asyncio.Task[None]] = field(default_factory=set)

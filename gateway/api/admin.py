@@ -7,16 +7,17 @@ from urllib.parse import parse_qs
 import orjson
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, NotReady, PermissionDenied
+from gateway.errors import BadRequest, ConfigError, NotReady, PermissionDenied
 from gateway.http import Request, Response
 from gateway.metering.query import UsageQuery
 from gateway.metering.report import to_csv, to_table
 from gateway.metering.stores import StoreError
+from gateway.reload import Applied, redacted
 from gateway.state import GatewayState
 
 
 async def _admin(request: Request, state: GatewayState) -> Principal:
-    runtime = state.runtimes.get()
+    runtime = state.runtime_for(request)
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
@@ -68,3 +69,51 @@ async def metrics(request: Request, state: GatewayState) -> Response:
         state.metrics.ledger_queue_depth.set(stats.backlog_events)
         state.metrics.ledger_write_failures_total.set(stats.write_failures)
     return Response(200, state.metrics.exposition(), content_type=b"text/plain; version=0.0.4")
+
+
+async def reload(request: Request, state: GatewayState) -> Response:
+    """`POST /admin/reload`: re-read the config file, or apply the YAML sent as the body."""
+    await _admin(request, state)
+    body = await request.body(state.runtimes.get().loaded.config.server.max_body_bytes)
+    text = body.decode("utf-8", "replace") if body.strip() else None
+    try:
+        applied = await state.reloader.reload(text)
+    except ConfigError as exc:
+        issues = [str(issue) for issue in exc.issues]
+        return Response(
+            400,
+            orjson.dumps(
+                {
+                    "error_code": "INVALID_PARAMETER_VALUE",
+                    "message": "The config was refused; the running config keeps serving.",
+                    "issues": issues,
+                }
+            ),
+        )
+    return Response(200, orjson.dumps({"applied": True, **_applied(applied)}))
+
+
+async def config(request: Request, state: GatewayState) -> Response:
+    """`GET /admin/config`: the active version, the last reload's outcome, the redacted config."""
+    await _admin(request, state)
+    runtime = state.runtime_for(request)
+    reload_state = state.reloader.state
+    body = {
+        "version": runtime.loaded.version,
+        "active": _applied(reload_state.active) if reload_state.active else None,
+        "reloads": reload_state.reloads,
+        "failed_reloads": reload_state.failures,
+        "last_error": reload_state.last_error,
+        "last_error_at": reload_state.last_error_at,
+        "endpoints": {name: e.describe() for name, e in runtime.endpoints.items()},
+        "config": redacted(runtime.loaded.config),
+    }
+    return Response(200, orjson.dumps(body))
+
+
+def _applied(applied: Applied) -> dict[str, object]:
+    return {
+        "version": applied.version,
+        "applied_at": applied.applied_at,
+        "changes": applied.changes,
+    }

@@ -12,7 +12,7 @@ from gateway.state import GatewayState
 
 
 async def messages(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    runtime = state.runtimes.get()
+    runtime = state.runtime_for(request)
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )

@@ -23,7 +23,7 @@ SERVED_MODEL = b"x-served-model"
 
 
 async def invoke_named(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    runtime = state.runtimes.get()
+    runtime = state.runtime_for(request)
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
@@ -33,7 +33,7 @@ async def invoke_named(request: Request, state: GatewayState) -> Response | Stre
 
 
 async def invoke_default(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    runtime = state.runtimes.get()
+    runtime = state.runtime_for(request)
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )

@@ -29,7 +29,7 @@ async def embeddings(request: Request, state: GatewayState) -> Response | Stream
 async def _by_model(
     request: Request, state: GatewayState, task: Task
 ) -> Response | StreamingResponse:
-    runtime = state.runtimes.get()
+    runtime = state.runtime_for(request)
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )
@@ -43,7 +43,7 @@ async def _by_model(
 
 
 async def list_models(request: Request, state: GatewayState) -> Response:
-    runtime = state.runtimes.get()
+    runtime = state.runtime_for(request)
     principal = await runtime.keyring.authenticate(
         request.header(b"authorization"), request.header(b"x-api-key")
     )

@@ -7,7 +7,7 @@ import bisect
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +83,7 @@ class ServedModel:
     ):
         self.label = label
         self.pyfunc = pyfunc
+        self.reuse_key: ReuseKey | None = None  # where it came from, for reuse by a reload
         flavor = pyfunc.metadata.flavors.get("python_function", {})
         self.is_chat = flavor.get("loader_module") == CHAT_MODEL_LOADER
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"predict-{label}")
@@ -164,15 +165,26 @@ class CustomEndpoint:
             served.discard()
 
 
+ReuseKey = tuple[str, int, BatchingConfig | None]
+
+
 def load_served_model(
     spec: ServedModelConfig,
     endpoint: CustomEndpointConfig,
     *,
     base_dir: Path,
     registry_uri: str | None,
+    reuse: Mapping[ReuseKey, ServedModel] | None = None,
 ) -> ServedModel:
-    """Resolve and load one model (blocking: call it from a thread). Raises ValueError."""
+    """Resolve and load one model (blocking: call it from a thread). Raises ValueError.
+
+    A model already loaded by the running config, from the same place with the same serving
+    settings, is taken from `reuse` instead of being loaded again (a reload keeps it warm).
+    """
     resolved = resolve_model(spec.model, base_dir=base_dir, registry_uri=registry_uri)
+    key: ReuseKey = (resolved.load_uri, endpoint.max_concurrency, endpoint.batching)
+    if reuse is not None and key in reuse:
+        return reuse[key]
     # MLflow's scoring server sets this; some flavors behave differently when serving.
     os.environ.setdefault("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
     import mlflow.pyfunc
@@ -181,4 +193,6 @@ def load_served_model(
         pyfunc = mlflow.pyfunc.load_model(resolved.load_uri)
     except Exception as exc:
         raise ValueError(f"cannot load {spec.model!r}: {type(exc).__name__}: {exc}") from exc
-    return ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)
+    served = ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)
+    served.reuse_key = key
+    return served

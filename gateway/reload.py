@@ -1,0 +1,139 @@
+"""Applying a new config to a running gateway without failing a request.
+
+A reload reads, interpolates and validates the YAML, builds the complete new runtime beside the
+old one (reusing the models that did not change), and only then swaps the one reference requests
+read. Requests already running finish on the runtime they started with; what the new runtime no
+longer uses is closed after a grace period. Any failure leaves the old config serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.config_file import LoadedConfig, load_config_file, parse_config
+from gateway.errors import ConfigError, ConfigIssue
+from gateway.runtime import Runtime, RuntimeHolder
+
+logger = logging.getLogger(__name__)
+
+RETIRE_AFTER_S = 120.0  # longer than any request that started on the old runtime should take
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    version: str
+    applied_at: float
+    changes: Mapping[str, Mapping[str, list[str]]]  # section → added/removed/changed → names
+
+
+@dataclass(slots=True)
+class ReloadState:
+    """What `/admin/config` reports: the active version and how the last attempts went."""
+
+    active: Applied | None = None
+    last_error: list[str] | None = None  # the issues of the last refused reload
+    last_error_at: float | None = None
+    reloads: int = 0
+    failures: int = 0
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Reloader:
+    def __init__(
+        self,
+        holder: RuntimeHolder,
+        build: Callable[[LoadedConfig, Runtime | None], Runtime],
+        source: Path | None,
+    ) -> None:
+        self._holder = holder
+        self._build = build  # blocking: run in a thread
+        self._source = source
+        self._lock = asyncio.Lock()
+        self.state = ReloadState()
+
+    def activated(self, runtime: Runtime) -> None:
+        """Record the first runtime (start-up) as the active version."""
+        self.state.active = Applied(runtime.loaded.version, time.time(), {})
+
+    async def reload(self, text: str | None = None) -> Applied:
+        """Apply `text` (or re-read the config file); ConfigError leaves everything as it was."""
+        async with self._lock:  # one reload at a time; each sees the one before it
+            try:
+                applied = await self._apply(text)
+            except ConfigError as exc:
+                self.state.failures += 1
+                self.state.last_error = [str(issue) for issue in exc.issues]
+                self.state.last_error_at = time.time()
+                logger.error("config reload refused, the old config keeps serving:\n%s", exc)
+                raise
+            self.state.reloads += 1
+            self.state.active = applied
+            self.state.last_error = None
+            return applied
+
+    async def _apply(self, text: str | None) -> Applied:
+        old = self._holder.get()
+        if text is None:
+            if self._source is None:
+                raise ConfigError([ConfigIssue("", "no config file to re-read: send the YAML")])
+            loaded = await asyncio.to_thread(load_config_file, self._source)
+        else:
+            loaded = parse_config(text, source=old.loaded.source)
+        try:
+            new = await asyncio.to_thread(self._build, loaded, old)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            logger.exception("building the new runtime failed")
+            raise ConfigError([ConfigIssue("", f"{type(exc).__name__}: {exc}")]) from exc
+        self._holder.current = new  # the swap: one reference, cannot fail
+        changes = diff(old.loaded.config, new.loaded.config)
+        logger.info("config %s applied (was %s): %s", loaded.version, old.loaded.version, changes)
+        task = asyncio.create_task(_retire_later(old, new))
+        self.state.retiring.add(task)
+        task.add_done_callback(self.state.retiring.discard)
+        return Applied(loaded.version, time.time(), changes)
+
+    async def aclose(self) -> None:
+        for task in list(self.state.retiring):
+            task.cancel()
+
+
+async def _retire_later(old: Runtime, new: Runtime) -> None:
+    try:
+        await asyncio.sleep(RETIRE_AFTER_S)
+    finally:  # on shutdown too: close now what the new runtime does not share
+        await old.retire(new)
+
+
+def diff(old: GatewayConfig, new: GatewayConfig) -> dict[str, dict[str, list[str]]]:
+    """Endpoints, keys and groups added, removed and changed, by name."""
+    sections = {
+        "endpoints": ({e.name: e for e in old.endpoints}, {e.name: e for e in new.endpoints}),
+        "keys": (_keys(old), _keys(new)),
+        "groups": (dict(old.groups), dict(new.groups)),
+    }
+    result: dict[str, dict[str, list[str]]] = {}
+    for section, (before, after) in sections.items():
+        result[section] = {
+            "added": sorted(after.keys() - before.keys()),
+            "removed": sorted(before.keys() - after.keys()),
+            "changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
+        }
+    return result
+
+
+def _keys(config: GatewayConfig) -> dict[str, Any]:
+    return {key.id: key for key in config.auth.keys} if config.auth is not None else {}
+
+
+def redacted(config: GatewayConfig) -> dict[str, Any]:
+    """The config as JSON with every secret masked (pydantic writes SecretStr as ******)."""
+    return config.model_dump(mode="json")
