@@ -13,6 +13,7 @@ import math
 import os
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from gateway import anthropic_format
@@ -60,7 +61,7 @@ class GatewayApp:
             usage=UsageRecorder(metrics),
             metrics=metrics,
             limiter=limiter,
-            reloader=Reloader(self.holder, build, loaded.source),
+            reloader=Reloader(self.holder, build, loaded.source, metrics),
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._router = Router(ROUTES)
@@ -171,6 +172,40 @@ class GatewayApp:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_quietly(None)))
         self._spawn(self._poll_registry())
+        config = self.loaded.config
+        url = config.reload.broadcast or (
+            config.limits.store if config.limits.store.startswith("redis") else None
+        )
+        if url is not None:
+            from gateway.broadcast import ReloadBroadcast
+
+            async def follow(text: str) -> None:
+                with contextlib.suppress(ConfigError):
+                    await self.state.reloader.reload(text, broadcast=False)
+
+            broadcast = ReloadBroadcast(url, config.reload.channel, follow)
+            broadcast.start()
+            self.state.reloader.broadcast = broadcast
+        if config.reload.watch and self.loaded.source is not None:
+            self._spawn(self._watch_file(self.loaded.source))
+
+    async def _watch_file(self, path: Path) -> None:
+        """Re-read the file when it changes (mtime or size), checked every second."""
+
+        def signature() -> tuple[float, int] | None:
+            try:
+                stat = path.stat()
+            except OSError:
+                return None
+            return (stat.st_mtime, stat.st_size)
+
+        seen = signature()
+        while True:
+            await asyncio.sleep(1.0)
+            current = signature()
+            if current is not None and current != seen:
+                seen = current
+                await self._reload_quietly(None)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -245,9 +245,18 @@ class RegistryConfig(Strict):
     poll_s: float = Field(default=30.0, ge=0)  # re-resolve @alias and /latest models; 0: never
 
 
+class ReloadConfig(Strict):
+    watch: bool = False  # re-read the file when it changes (checked every second)
+    # Reloads applied here are re-applied by every process subscribed to this Redis channel
+    # (other workers, other replicas). Default: the limits store, when it is Redis.
+    broadcast: str | None = None
+    channel: str = "gateway:reload"
+
+
 class GatewayConfig(Strict):
     registry_uri: str | None = None
     registry: RegistryConfig = RegistryConfig()
+    reload: ReloadConfig = ReloadConfig()
     auth: AuthConfig | None = None  # None: the gateway runs open (and says so loudly)
     groups: dict[str, GroupConfig] = {}
     limits: LimitsStoreConfig = LimitsStoreConfig()

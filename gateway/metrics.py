@@ -84,6 +84,19 @@ class Metrics:
             "gateway_ledger_write_failures_total", "Failed ledger database writes", registry=r
         )
 
+        self.config_reloads = Counter(
+            "gateway_config_reloads",
+            "Config reloads by outcome (applied, refused)",
+            ["outcome"],
+            registry=r,
+        )
+        self.config_version = Gauge(
+            "gateway_config_version",
+            "1 for the config version this process serves",
+            ["version"],
+            registry=r,
+        )
+
     def record(self, event: UsageEvent, *, principal_label: str) -> None:
         endpoint = event.endpoint
         self.requests.labels(endpoint, event.route, str(event.status)).inc()

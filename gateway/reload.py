@@ -14,12 +14,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig
 from gateway.config_file import LoadedConfig, load_config_file, parse_config
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.metrics import Metrics
 from gateway.runtime import Runtime, RuntimeHolder
+
+if TYPE_CHECKING:
+    from gateway.broadcast import ReloadBroadcast
 
 logger = logging.getLogger(__name__)
 
@@ -51,34 +55,49 @@ class Reloader:
         holder: RuntimeHolder,
         build: Callable[[LoadedConfig, Runtime | None], Runtime],
         source: Path | None,
+        metrics: Metrics,
     ) -> None:
         self._holder = holder
         self._build = build  # blocking: run in a thread
         self._source = source
+        self._metrics = metrics
         self._lock = asyncio.Lock()
         self.state = ReloadState()
+        self.broadcast: ReloadBroadcast | None = None  # set when other processes must follow
 
     def activated(self, runtime: Runtime) -> None:
         """Record the first runtime (start-up) as the active version."""
         self.state.active = Applied(runtime.loaded.version, time.time(), {})
+        self._metrics.config_version.labels(runtime.loaded.version).set(1)
 
-    async def reload(self, text: str | None = None) -> Applied:
-        """Apply `text` (or re-read the config file); ConfigError leaves everything as it was."""
+    async def reload(self, text: str | None = None, *, broadcast: bool = True) -> Applied:
+        """Apply `text` (or re-read the config file); ConfigError leaves everything as it was.
+
+        A reload applied here is broadcast to the other processes, unless it came from one.
+        """
         async with self._lock:  # one reload at a time; each sees the one before it
             try:
-                applied = await self._apply(text)
+                applied, applied_text = await self._apply(text)
             except ConfigError as exc:
                 self.state.failures += 1
                 self.state.last_error = [str(issue) for issue in exc.issues]
                 self.state.last_error_at = time.time()
+                self._metrics.config_reloads.labels("refused").inc()
                 logger.error("config reload refused, the old config keeps serving:\n%s", exc)
                 raise
+            previous = self.state.active
             self.state.reloads += 1
             self.state.active = applied
             self.state.last_error = None
-            return applied
+            self._metrics.config_reloads.labels("applied").inc()
+            if previous is not None and previous.version != applied.version:
+                self._metrics.config_version.remove(previous.version)
+            self._metrics.config_version.labels(applied.version).set(1)
+        if broadcast and self.broadcast is not None:
+            await self.broadcast.publish(applied_text)
+        return applied
 
-    async def _apply(self, text: str | None) -> Applied:
+    async def _apply(self, text: str | None) -> tuple[Applied, str]:
         old = self._holder.get()
         if text is None:
             if self._source is None:
@@ -99,11 +118,13 @@ class Reloader:
         task = asyncio.create_task(_retire_later(old, new))
         self.state.retiring.add(task)
         task.add_done_callback(self.state.retiring.discard)
-        return Applied(loaded.version, time.time(), changes)
+        return Applied(loaded.version, time.time(), changes), loaded.text
 
     async def aclose(self) -> None:
         for task in list(self.state.retiring):
             task.cancel()
+        if self.broadcast is not None:
+            await self.broadcast.aclose()
 
 
 async def _retire_later(old: Runtime, new: Runtime) -> None:

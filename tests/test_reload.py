@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -329,3 +330,86 @@ def _serve_until(gateway: GatewayProcess, label: str, timeout: float = 60) -> li
             return seen
         time.sleep(0.05)
     raise AssertionError(f"never served by {label}: {seen[-5:]}")
+
+
+def _broadcast_config(models: TestModels, upstream: FakeOpenAI, variant: str, channel: str) -> str:
+    redis_url = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    return (
+        config(models, upstream, variant)
+        + f'reload: {{broadcast: "{redis_url}", channel: "{channel}"}}\n'
+    )
+
+
+def _versions_seen(url: str, tries: int = 12) -> set[str]:
+    """The versions reported by whichever worker answers, over several connections."""
+    seen = set()
+    for _ in range(tries):
+        with httpx.Client() as fresh:  # a new connection: the kernel may pick another worker
+            seen.add(
+                fresh.get(
+                    f"{url}/admin/config", headers={"authorization": f"Bearer {ADMIN}"}
+                ).json()["version"]
+            )
+    return seen
+
+
+def _wait_for(predicate: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_a_reload_reaches_another_replica_through_redis(
+    models: TestModels, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    channel = f"gateway-test-{os.getpid()}-{time.monotonic_ns()}"
+    dirs = [tmp_path / "r1", tmp_path / "r2"]
+    for directory in dirs:
+        directory.mkdir()
+    paths = [write_config(d, _broadcast_config(models, upstream, "a", channel)) for d in dirs]
+    with (
+        run_gateway(paths[0], workdir=dirs[0]) as first,
+        run_gateway(paths[1], workdir=dirs[1]) as second,
+    ):
+        time.sleep(0.5)  # both subscribed
+        answer = admin_post(
+            first, "/admin/reload", _broadcast_config(models, upstream, "b", channel)
+        )
+        assert answer.status_code == 200, answer.text
+        version = answer.json()["version"]
+        started = time.monotonic()
+        _wait_for(lambda: admin_config(second)["version"] == version, timeout=5)
+        assert time.monotonic() - started < 1.5
+        # a text the other replica cannot apply (a model path only the first has) is refused there
+        local_only = dirs[0] / "local-model"
+        shutil.copytree(models.classifier, local_only)
+        text = _broadcast_config(models, upstream, "a", channel).replace(
+            str(models.classifier), "./local-model"
+        )
+        applied = admin_post(first, "/admin/reload", text)
+        assert applied.status_code == 200, applied.text
+        _wait_for(lambda: admin_config(second)["failed_reloads"] == 1)
+        assert admin_config(second)["version"] == version  # it kept its config
+        assert (
+            'gateway_config_reloads_total{outcome="refused"} 1.0'
+            in httpx.get(f"{second.url}/metrics").text
+        )
+
+
+def test_every_worker_applies_a_reload(
+    models: TestModels, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    channel = f"gateway-test-workers-{os.getpid()}-{time.monotonic_ns()}"
+    path = write_config(tmp_path, _broadcast_config(models, upstream, "a", channel))
+    with run_gateway(path, workdir=tmp_path, extra_args=("--workers", "2")) as gateway:
+        time.sleep(1.0)  # the second worker may still be starting
+        _wait_for(lambda: len(_versions_seen(gateway.url)) == 1, timeout=30)
+        answer = admin_post(
+            gateway, "/admin/reload", _broadcast_config(models, upstream, "b", channel)
+        )
+        assert answer.status_code == 200, answer.text
+        version = answer.json()["version"]
+        _wait_for(lambda: _versions_seen(gateway.url) == {version}, timeout=10)
