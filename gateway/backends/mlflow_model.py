@@ -193,6 +193,23 @@ def load_served_model(
         pyfunc = mlflow.pyfunc.load_model(resolved.load_uri)
     except Exception as exc:
         raise ValueError(f"cannot load {spec.model!r}: {type(exc).__name__}: {exc}") from exc
+    _warm_up(pyfunc, spec.model)
     served = ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)
     served.reuse_key = key
     return served
+
+
+def _warm_up(pyfunc: Any, spec: str) -> None:
+    """One prediction on the model's input example, if it has one, before it takes traffic:
+    lazy initialisation then happens here, not in a caller's request. A failure is logged,
+    not fatal: MLflow itself accepts models whose example does not predict."""
+    try:
+        example = pyfunc.input_example
+    except Exception:
+        return
+    if example is None:
+        return
+    try:
+        pyfunc.predict(example)
+    except Exception as exc:
+        logger.warning("warm-up prediction of %s failed: %s", spec, exc)
