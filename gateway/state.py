@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from gateway.auth import Principal
 from gateway.http import Request
 from gateway.limits import Limiter
 from gateway.metering.recorder import UsageRecorder
@@ -26,6 +27,14 @@ class GatewayState:
         runtime = self.runtimes.get()
         request.config_version = runtime.loaded.version
         return runtime
+
+    async def caller(self, request: Request) -> tuple[Runtime, Principal]:
+        """The request's runtime snapshot and who is calling (401 when nobody valid)."""
+        runtime = self.runtime_for(request)
+        principal = await runtime.keyring.authenticate(
+            request.header(b"authorization"), request.header(b"x-api-key")
+        )
+        return runtime, principal
 
     # Tasks that must finish even if their request is cancelled (the loop holds weak refs).
     background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -17,10 +17,7 @@ from gateway.state import GatewayState
 
 
 async def _admin(request: Request, state: GatewayState) -> Principal:
-    runtime = state.runtime_for(request)
-    principal = await runtime.keyring.authenticate(
-        request.header(b"authorization"), request.header(b"x-api-key")
-    )
+    _, principal = await state.caller(request)
     if "admin" not in principal.roles:
         raise PermissionDenied(f"{principal.id!r} does not have the admin role.")
     return principal

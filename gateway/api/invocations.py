@@ -23,20 +23,14 @@ SERVED_MODEL = b"x-served-model"
 
 
 async def invoke_named(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    runtime = state.runtime_for(request)
-    principal = await runtime.keyring.authenticate(
-        request.header(b"authorization"), request.header(b"x-api-key")
-    )
+    runtime, principal = await state.caller(request)
     return await _invoke(
         request, state, runtime, principal, runtime.endpoint(request.path_params["name"])
     )
 
 
 async def invoke_default(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    runtime = state.runtime_for(request)
-    principal = await runtime.keyring.authenticate(
-        request.header(b"authorization"), request.header(b"x-api-key")
-    )
+    runtime, principal = await state.caller(request)
     return await _invoke(request, state, runtime, principal, runtime.default())
 
 

@@ -53,6 +53,20 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return document
 
 
+async def model_call(
+    request: Request, state: GatewayState
+) -> tuple[Runtime, Principal, LLMEndpoint, dict[str, Any]]:
+    """Who calls which endpoint with what body, for routes whose body names the `model`."""
+    runtime, principal = await state.caller(request)
+    body = parse_json_object(await request.body(runtime.loaded.config.server.max_body_bytes))
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required: the name of the endpoint to call.")
+    endpoint = runtime.llm_endpoint(model)
+    runtime.keyring.authorize(principal, endpoint.name)
+    return runtime, principal, endpoint, body
+
+
 def validate(task: Task, endpoint: LLMEndpoint, body: dict[str, Any]) -> LLMRequest:
     if endpoint.task != task:
         raise BadRequest(
@@ -281,19 +295,21 @@ async def estimate_usage(request: LLMRequest, body: bytes) -> TokenUsage:
     return await _estimate(request, texts)
 
 
-async def _estimate(request: LLMRequest, completion_texts: list[str]) -> TokenUsage:
+def prompt_texts(request: LLMRequest) -> list[str]:
+    """The text a call sends: its messages, prompt or embedding input."""
     body = request.body
     if request.task == "chat":
-        prompt_texts = message_texts(body.get("messages"))
-    else:
-        field = body.get("prompt" if request.task == "completions" else "input")
-        prompt_texts = (
-            [field] if isinstance(field, str) else [t for t in field or () if isinstance(t, str)]
-        )
-    prompt, completion = await asyncio.to_thread(
-        lambda: (count_tokens(prompt_texts), count_tokens(completion_texts))
+        return message_texts(body.get("messages"))
+    field = body.get("prompt" if request.task == "completions" else "input")
+    return [field] if isinstance(field, str) else [t for t in field or () if isinstance(t, str)]
+
+
+async def _estimate(request: LLMRequest, completion_texts: list[str]) -> TokenUsage:
+    prompt = prompt_texts(request)
+    prompt_tokens, completion_tokens = await asyncio.to_thread(
+        lambda: (count_tokens(prompt), count_tokens(completion_texts))
     )
-    return TokenUsage(prompt, completion, estimated=True)
+    return TokenUsage(prompt_tokens, completion_tokens, estimated=True)
 
 
 class Meter:

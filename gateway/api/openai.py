@@ -7,9 +7,8 @@ from typing import Any
 
 import orjson
 
-from gateway.api.llm_calls import call_llm_endpoint, parse_json_object
+from gateway.api.llm_calls import call_llm_endpoint, model_call
 from gateway.config import Task
-from gateway.errors import BadRequest
 from gateway.http import Request, Response, StreamingResponse
 from gateway.state import GatewayState
 
@@ -29,24 +28,12 @@ async def embeddings(request: Request, state: GatewayState) -> Response | Stream
 async def _by_model(
     request: Request, state: GatewayState, task: Task
 ) -> Response | StreamingResponse:
-    runtime = state.runtime_for(request)
-    principal = await runtime.keyring.authenticate(
-        request.header(b"authorization"), request.header(b"x-api-key")
-    )
-    body = parse_json_object(await request.body(runtime.loaded.config.server.max_body_bytes))
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required: the name of the endpoint to call.")
-    endpoint = runtime.llm_endpoint(model)
-    runtime.keyring.authorize(principal, endpoint.name)
+    runtime, principal, endpoint, body = await model_call(request, state)
     return await call_llm_endpoint(request, state, runtime, principal, endpoint, task, body)
 
 
 async def list_models(request: Request, state: GatewayState) -> Response:
-    runtime = state.runtime_for(request)
-    principal = await runtime.keyring.authenticate(
-        request.header(b"authorization"), request.header(b"x-api-key")
-    )
+    runtime, principal = await state.caller(request)
     created = int(runtime.loaded_at)
     models: list[dict[str, Any]] = [
         {
