@@ -106,7 +106,11 @@ class LimitsStoreConfig(Strict):
 
 class UsageConfig(Strict):
     ledger: str = "sqlite:///gateway-usage.db"  # or postgresql://user@host/db
-    spool_dir: str = "gateway-spool"  # append-only, fsynced before a response is acknowledged
+    spool_dir: str = "gateway-spool"  # append-only; written before a response is acknowledged
+    # write: in the kernel before the response (survives the process being killed, SIGKILL
+    # included); fsync: on the disk before the response (survives the host losing power too,
+    # for ~0.2 ms more per request at low concurrency: concurrent requests share one fsync).
+    durability: Literal["write", "fsync"] = "write"
     batch_size: int = Field(default=500, ge=1)
     flush_interval_ms: float = Field(default=200, gt=0)
 

@@ -70,11 +70,14 @@ class Ledger:
         segment_bytes: int = 8 << 20,
         retry_min_s: float = 0.1,
         retry_max_s: float = 30.0,
+        fsync: bool = True,
     ) -> None:
         if batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("batch_size must be >= 1 and flush_interval_s > 0")
         self._store: Store = open_store(url, table=table)
-        self._spool = Spool(spool_dir, segment_bytes=segment_bytes, on_durable=self._on_durable)
+        self._spool = Spool(
+            spool_dir, segment_bytes=segment_bytes, on_durable=self._on_durable, fsync=fsync
+        )
         self._batch_size = batch_size
         self._interval = flush_interval_s
         self._retry = (retry_min_s, retry_max_s)
@@ -100,6 +103,7 @@ class Ledger:
             base_dir / config.spool_dir,  # an absolute spool_dir stays as it is
             batch_size=config.batch_size,
             flush_interval_s=config.flush_interval_ms / 1000,
+            fsync=config.durability == "fsync",
         )
 
     async def start(self) -> None:

@@ -52,8 +52,9 @@ class Batch:
 class _Appender:
     """The segment being appended to. Used only on the spool's I/O thread."""
 
-    def __init__(self, directory: Path, seq: int) -> None:
+    def __init__(self, directory: Path, seq: int, fsync: bool = True) -> None:
         self._dir = directory
+        self._fsync = fsync
         self.seq = seq - 1
         self.size = 0
         self.fd = -1
@@ -73,7 +74,8 @@ class _Appender:
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view) :]
-            os.fdatasync(self.fd)
+            if self._fsync:
+                os.fdatasync(self.fd)
         except OSError:
             # After a failed write or fsync this file's tail cannot be trusted: cut it back to
             # the last acknowledged byte and continue in a fresh segment.
@@ -98,8 +100,13 @@ class Spool:
         *,
         segment_bytes: int = 8 << 20,
         on_durable: Callable[[], None] | None = None,
+        fsync: bool = True,
     ) -> None:
         self.directory = directory
+        # fsync: records reach the disk before `append` returns (power loss safe), written by
+        # the I/O thread in group commits. Without: they reach the kernel (safe when only the
+        # process dies), written inline: an append to the page cache costs microseconds.
+        self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._on_durable = on_durable
         # Own threads: an fsync must never queue behind other work in the default executor.
@@ -124,7 +131,7 @@ class Spool:
             self._io, _lock_and_scan, self.directory
         )
         self._appender = await loop.run_in_executor(
-            self._io, _Appender, self.directory, max(self._sizes, default=0) + 1
+            self._io, _Appender, self.directory, max(self._sizes, default=0) + 1, self._fsync
         )
         self._active = self._appender.seq
         self._sizes[self._active] = 0
@@ -134,12 +141,29 @@ class Spool:
         """Return once `record` is on disk; raises OSError if it could not be written."""
         if self._sealed or self._appender is None:
             raise SpoolClosed(f"spool {self.directory} is closed")
+        if not self._fsync:
+            self._append_inline(record)
+            return
         waiter = asyncio.get_running_loop().create_future()
         self._pending.append(record)
         self._waiters.append(waiter)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="ledger-spool-flush")
         await waiter
+
+    def _append_inline(self, record: bytes) -> None:
+        appender = self._appender
+        assert appender is not None
+        rotate = appender.size > 0 and appender.size + len(record) > self._segment_bytes
+        try:
+            _write(appender, record, rotate)
+        finally:
+            self._sizes[appender.seq] = appender.size
+            self._active = appender.seq
+        self.backlog += 1
+        self.writes += 1
+        if self._on_durable is not None:
+            self._on_durable()
 
     async def _flush(self) -> None:
         assert self._appender is not None
