@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -157,6 +158,7 @@ class GatewayApp:
                 self._on_fatal()
             return
         self.holder.current = runtime
+        freeze_loaded_objects()
         self.state.reloader.activated(runtime)
         self._watch_for_reloads()
         self._warming = [asyncio.create_task(warm()) for warm in runtime.warm_ups()]
@@ -245,6 +247,16 @@ class GatewayApp:
             await runtime.aclose()
         await self.state.usage.aclose()  # drains the ledger's spool into its database
         await self.state.limiter.aclose()
+
+
+def freeze_loaded_objects() -> None:
+    """Exempt what is loaded now (models, libraries) from the cyclic garbage collector.
+
+    A loaded model is hundreds of thousands of objects that never become garbage; every full
+    collection walked them all, stalling every request in flight for 100-150 ms (measured).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:

@@ -9,6 +9,7 @@ longer uses is closed after a grace period. Any failure leaves the old config se
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -113,6 +114,11 @@ class Reloader:
             logger.exception("building the new runtime failed")
             raise ConfigError([ConfigIssue("", f"{type(exc).__name__}: {exc}")]) from exc
         self._holder.current = new  # the swap: one reference, cannot fail
+        # Newly loaded models join the frozen generation; the old runtime's objects are
+        # unfrozen so that they can be collected once it retires.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         changes = diff(old.loaded.config, new.loaded.config)
         logger.info("config %s applied (was %s): %s", loaded.version, old.loaded.version, changes)
         task = asyncio.create_task(_retire_later(old, new))

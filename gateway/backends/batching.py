@@ -3,7 +3,8 @@
 A single dispatcher task per served model takes what is queued (up to `max_batch_size`) and runs
 it as one batch in the predict thread pool. When the model is idle a request is dispatched at once,
 so a lone caller pays no wait; only when the previous batch held several requests (the model is
-under concurrent load) does the dispatcher linger up to `max_wait_ms` to fill the next batch.
+under concurrent load) does the dispatcher linger, up to `max_wait_ms`, until the next batch is as
+large as the last one.
 """
 
 from __future__ import annotations
@@ -98,8 +99,11 @@ class MicroBatcher(Generic[Item, Result]):
             batch.append(queue.get_nowait())
         if self._last_batch_size <= 1 or self._max_wait_s <= 0:
             return
+        # Under steady load the callers of the last batch come back for the next one: wait for
+        # as many (never past max_wait), not for max_batch_size callers that may not exist.
+        target = min(self._max_batch_size, self._last_batch_size)
         deadline = asyncio.get_running_loop().time() + self._max_wait_s
-        while len(batch) < self._max_batch_size:
+        while len(batch) < target:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return
