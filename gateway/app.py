@@ -267,9 +267,8 @@ def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Re
     else:
         body = render_mlflow(error, expose_stack_traces=expose)
     headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
-    retry_after = getattr(error, "retry_after_s", None)
-    if error.status == 429 and retry_after is not None:  # None: retrying will not help
-        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+    if error.status == 429 and error.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()))
     return Response(error.status, body, headers=headers)
 
 

@@ -22,10 +22,17 @@ class GatewayError(Exception):
     error_code: ClassVar[str] = "INTERNAL_ERROR"  # MLflow / Databricks error code
     openai_type: ClassVar[str] = "server_error"
 
-    def __init__(self, message: str, *, stack_trace: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        stack_trace: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.stack_trace = stack_trace
+        self.retry_after_s = retry_after_s  # a 429's Retry-After; None: retrying will not help
         self.served_model: str | None = None  # set when a served model was already chosen
 
 
@@ -84,13 +91,13 @@ class RateLimited(ClientError):
     error_code = "REQUEST_LIMIT_EXCEEDED"
     openai_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
 
 class BudgetExceeded(RateLimited):
     error_code = "BUDGET_EXCEEDED"
+
+
+class CapacityFull(RateLimited):
+    """An endpoint's provisioned capacity is in use: its fallbacks may still take the call."""
 
 
 # --- the gateway's own state ---------------------------------------------------------------------
@@ -127,9 +134,11 @@ class UpstreamRateLimited(UpstreamError):
     error_code = "REQUEST_LIMIT_EXCEEDED"
     openai_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+
+class UpstreamCredentialsRefused(UpstreamError):
+    """The upstream refused the gateway's own credentials (401/403): a deployment problem, so
+    a 502; it counts towards the deployment's cooldown and fallbacks are tried, but the same
+    call is not retried (it would be refused again)."""
 
 
 class UpstreamRejected(GatewayError):

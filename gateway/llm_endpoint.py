@@ -20,7 +20,12 @@ from gateway.backends.llm import (
     plus_upstream_ms,
 )
 from gateway.config import Task
-from gateway.errors import RateLimited, UpstreamError, UpstreamRateLimited
+from gateway.errors import (
+    CapacityFull,
+    UpstreamCredentialsRefused,
+    UpstreamError,
+    UpstreamRateLimited,
+)
 from gateway.metering.usage import Price
 
 BACKOFF_BASE_S = 0.1
@@ -69,7 +74,7 @@ class LLMEndpoint:
             async with asyncio.timeout(self._queue_timeout_s):
                 await self._capacity.acquire()
         except TimeoutError as exc:
-            raise RateLimited(
+            raise CapacityFull(
                 f"Endpoint {self.name!r} is at its provisioned capacity; retry shortly.",
                 retry_after_s=1,
             ) from exc
@@ -111,7 +116,7 @@ class LLMEndpoint:
             try:
                 answer = await attempt()
             except UpstreamError as error:
-                if number == self.retries:
+                if number == self.retries or isinstance(error, UpstreamCredentialsRefused):
                     raise
                 await asyncio.sleep(_backoff_s(number, error))
                 failed_ms += (time.perf_counter() - started) * 1000

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway.backends.llm import Answer, Completed, LLMRequest, Streaming, plus_upstream_ms
-from gateway.errors import UpstreamError
+from gateway.errors import CapacityFull, UpstreamError
 from gateway.llm_endpoint import LLMEndpoint
 
 Result = TypeVar("Result")
@@ -34,13 +34,15 @@ def chain(endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint]) -> list[L
 async def _first_success(
     candidates: list[LLMEndpoint], call: Callable[[LLMEndpoint], Awaitable[Answer]]
 ) -> Routed[Answer]:
-    last_error: UpstreamError | None = None
+    last_error: UpstreamError | CapacityFull | None = None
     failed_ms = 0.0  # spent on endpoints that failed: upstream time, not gateway overhead
     for position, candidate in enumerate(candidates):
         started = time.perf_counter()
         try:
             answer = await call(candidate)
-        except UpstreamError as error:  # 4xx (UpstreamRejected) is the caller's: no fallback
+        # A full endpoint or a failing upstream: the next candidate may serve. A 4xx from the
+        # upstream (UpstreamRejected) is about the request itself: no fallback would differ.
+        except (UpstreamError, CapacityFull) as error:
             last_error = error
             failed_ms += (time.perf_counter() - started) * 1000
             continue

@@ -56,6 +56,13 @@ def gateway(
       retries: 0
       provisioned: {{max_concurrent: 1, queue_timeout_s: 0.2}}
       deployments: [{{api_base: "{a}", model: up-capped}}]
+    - name: capped-spill
+      type: foundation
+      task: chat
+      retries: 0
+      provisioned: {{max_concurrent: 1, queue_timeout_s: 0.2}}
+      fallbacks: [backup]
+      deployments: [{{api_base: "{a}", model: up-capped}}]
     - name: primary
       type: foundation
       task: chat
@@ -230,6 +237,20 @@ def test_provisioned_capacity_full_is_429_with_retry_after(
     assert sdk.chat.completions.create(model="capped", messages=USER).choices
 
 
+def test_a_full_endpoint_spills_over_to_its_fallback(
+    openai_fake: FakeOpenAI, openai_fake_b: FakeOpenAI, sdk: openai.OpenAI
+) -> None:
+    openai_fake.inject("delay", seconds=1.0)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(sdk.chat.completions.create, model="capped-spill", messages=USER)
+        assert wait_until(lambda: openai_fake.in_flight == 1)
+        spilled = sdk.chat.completions.with_raw_response.create(model="capped-spill", messages=USER)
+        assert first.result().choices[0].message.content == HELLO_REPLY
+    assert spilled.headers["x-served-model"].endswith(";fallback")
+    assert spilled.headers["x-served-model"].startswith("backup/")
+    assert len(openai_fake_b.requests) == 1
+
+
 def test_provisioned_calls_queue_briefly(openai_fake: FakeOpenAI, sdk: openai.OpenAI) -> None:
     openai_fake.inject("delay", seconds=0.05)  # shorter than queue_timeout_s: the second waits
     with ThreadPoolExecutor(2) as pool:
@@ -353,3 +374,18 @@ def test_least_in_flight_balances_concurrent_calls(
     assert asyncio.run(burst()) == [HELLO_REPLY] * 6
     # Each call went to the deployment with fewer calls in flight: an even split.
     assert (len(openai_fake.requests), len(openai_fake_b.requests)) == (3, 3)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_upstream_refusing_the_gateways_credentials_is_a_502_not_the_callers_fault(
+    gateway: GatewayProcess, openai_fake: FakeOpenAI, sdk: openai.OpenAI, status: int
+) -> None:
+    rid = request_id()
+    openai_fake.inject("status", status=status, message="Incorrect API key provided: sk-fa****ream")
+    with pytest.raises(openai.APIStatusError) as error:
+        sdk.chat.completions.create(model="flaky", messages=USER, **with_id(rid))
+    assert error.value.status_code == 502
+    assert "refused the gateway's credentials" in error.value.message
+    assert "sk-fa" not in error.value.response.text  # the upstream's words may quote the key
+    assert len(openai_fake.requests) == 1  # not retried: it would be refused again
+    assert usage_event(gateway, rid)["status"] == 502

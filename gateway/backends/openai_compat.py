@@ -21,6 +21,7 @@ from gateway.backends.http_pool import SessionPool
 from gateway.backends.llm import Completed, LLMRequest, Streaming
 from gateway.config import CooldownConfig, Task
 from gateway.errors import (
+    UpstreamCredentialsRefused,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -276,6 +277,12 @@ def upstream_status_error(
         )
     if status >= 500:
         return UpstreamError(f"{where}: {message}")
+    if status in (401, 403):
+        # The gateway's own credentials were refused: not the caller's fault, and the upstream's
+        # message may quote part of the key. A 502 (after retries and fallbacks) says so.
+        return UpstreamCredentialsRefused(
+            f"Upstream {label} refused the gateway's credentials ({status}); check its api_key."
+        )
     return UpstreamRejected(message or where, status=status, upstream_type=kind)
 
 
