@@ -14,48 +14,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
-import platform
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
+import harness
 import yaml
-from loadgen import MEASURE_END, MEASURE_START, LoadResult
+from harness import (
+    HOST,
+    NOISY_SHARE,
+    BenchError,
+    Cores,
+    Launch,
+    core_busy_s,
+    core_busy_shares,
+    fmt_ms,
+    fmt_share,
+    process_tree_cpu_s,
+    rate,
+    table,
+    tail,
+)
+from loadgen import LoadResult
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-LOADGEN = BENCH_DIR / "loadgen.py"
-HOST = "127.0.0.1"
 BATCHING = {"max_batch_size": 64, "max_wait_ms": 2}
-LOG_TAIL_LINES = 40
-STOP_GRACE_S = 10.0
-PORT_ATTEMPTS = 3
 BUSY_CLIENT_SHARE = 0.9  # the load generator's core beyond this: the client may be the limit
-NOISY_SHARE = 0.05  # other processes on the server's core beyond this: say the row is disturbed
-
-
-T = TypeVar("T")
-
-
-class BenchError(Exception):
-    """A server or the load generator misbehaved; the message says how."""
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -73,26 +65,8 @@ class Settings:
     retries: int  # rerun a scenario disturbed by other processes up to this many times
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _arm_list(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in ARMS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"an arm is named twice in {text!r}")
-    return names
+    return harness.name_list(text, list(ARMS))
 
 
 def parse_settings(argv: Sequence[str] | None) -> Settings:
@@ -100,36 +74,28 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         description="Benchmark /invocations: gateway (batching off/on) vs mlflow models serve."
     )
     parser.add_argument("--arms", type=_arm_list, default=tuple(ARMS), help=f"of {','.join(ARMS)}")
-    parser.add_argument("--rows", type=_int_list, default=(1, 100), help="rows per request")
-    parser.add_argument("--concurrency", type=_int_list, default=(1, 32), help="client workers")
-    parser.add_argument("--warmup", type=float, help="seconds discarded per scenario (1)")
-    parser.add_argument("--duration", type=float, help="seconds measured per scenario (5)")
+    parser.add_argument("--rows", type=harness.int_list, default=(1, 100), help="rows per request")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 0.25 s warmup, 1 s measured"
+        "--concurrency", type=harness.int_list, default=(1, 32), help="client workers"
     )
+    harness.add_window_args(parser)
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to come up")
     parser.add_argument(
         "--quiet-wait", type=float, help="seconds to wait for idle cores per scenario (30)"
     )
     parser.add_argument("--retries", type=int, help="reruns of a disturbed scenario (2)")
     args = parser.parse_args(argv)
+    pick = harness.pick
     return Settings(
         arms=args.arms,
         rows=args.rows,
         concurrency=args.concurrency,
-        warmup_s=_pick(args.warmup, quick=args.quick, quick_value=0.25, default=1.0),
-        duration_s=_pick(args.duration, quick=args.quick, quick_value=1.0, default=5.0),
+        warmup_s=pick(args.warmup, quick=args.quick, quick_value=0.25, default=1.0),
+        duration_s=pick(args.duration, quick=args.quick, quick_value=1.0, default=5.0),
         ready_timeout_s=args.ready_timeout,
-        quiet_wait_s=_pick(args.quiet_wait, quick=args.quick, quick_value=0.0, default=30.0),
-        retries=_pick(args.retries, quick=args.quick, quick_value=0, default=2),
+        quiet_wait_s=pick(args.quiet_wait, quick=args.quick, quick_value=0.0, default=30.0),
+        retries=pick(args.retries, quick=args.quick, quick_value=0, default=2),
     )
-
-
-def _pick(given: T | None, *, quick: bool, quick_value: T, default: T) -> T:
-    """An explicit flag wins; else the `--quick` value or the default."""
-    if given is not None:
-        return given
-    return quick_value if quick else default
 
 
 # --- the arms -------------------------------------------------------------------------------------
@@ -224,118 +190,10 @@ ARMS: dict[str, Arm] = {
 }
 
 
-# --- processes: pinning, tracking, stopping -------------------------------------------------------
+Server = harness.Server[Arm]
 
 
-@dataclass(frozen=True, slots=True)
-class Cores:
-    server: int | None  # None: not pinned (fewer than two usable cores)
-    client: int | None
-
-
-def choose_cores() -> Cores:
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(usable) < 2:
-        print(
-            "warning: fewer than 2 usable cores; server and client are not pinned", file=sys.stderr
-        )
-        return Cores(None, None)
-    return Cores(server=usable[0], client=usable[1])
-
-
-_STARTED: list[subprocess.Popen[Any]] = []
-
-
-def spawn(command: list[str], core: int | None, **popen: Any) -> subprocess.Popen[Any]:
-    """Start `command` in a new session, pinned to `core` (taskset, else sched_setaffinity)."""
-    preexec: Callable[[], None] | None = None
-    if core is not None:
-        taskset = shutil.which("taskset")
-        if taskset:
-            command = [taskset, "-c", str(core), *command]
-        else:
-
-            def preexec() -> None:
-                os.sched_setaffinity(0, {core})
-
-    process = subprocess.Popen(command, start_new_session=True, preexec_fn=preexec, **popen)
-    _STARTED.append(process)
-    return process
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    """SIGTERM the process group we started, then SIGKILL whatever is left of it."""
-    if process in _STARTED:
-        _STARTED.remove(process)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(STOP_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def stop_all() -> None:
-    while _STARTED:
-        stop(_STARTED.pop())
-
-
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the `finally` that stops every server
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-# --- CPU accounting from /proc -------------------------------------------------------------------
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat(pid_dir: Path) -> tuple[int, int] | None:
-    """(parent pid, user+system CPU ticks) of one process."""
-    try:
-        fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def process_tree_cpu_s(root: int) -> float | None:
-    """CPU seconds used so far by `root` and its descendants; None without /proc."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    stats = {int(d.name): s for d in proc.iterdir() if d.name.isdigit() and (s := _stat(d))}
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(stats[pid][1] for pid in tree if pid in stats) / _CLOCK_TICKS
-
-
-def core_busy_s(core: int | None) -> float | None:
-    """CPU seconds one core has been busy (any process), from /proc/stat; None if unknown."""
-    if core is None:
-        return None
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        name, *ticks = line.split()
-        if name == f"cpu{core}":
-            idle, iowait = int(ticks[3]), int(ticks[4])
-            return (sum(int(t) for t in ticks[:8]) - idle - iowait) / _CLOCK_TICKS
-    return None
+# --- CPU accounting -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,15 +222,11 @@ class CpuShares:
     other_on_client_core: float | None  # anything but the load generator on its core: noise
 
 
-def _rate(start: float | None, end: float | None, wall_s: float) -> float | None:
-    return None if start is None or end is None or wall_s <= 0 else (end - start) / wall_s
-
-
 def cpu_shares(start: CpuSnapshot, end: CpuSnapshot, client_cpu: float) -> CpuShares:
     wall_s = end.wall_s - start.wall_s
-    server = _rate(start.server_s, end.server_s, wall_s)
-    server_core = _rate(start.server_core_s, end.server_core_s, wall_s)
-    client_core = _rate(start.client_core_s, end.client_core_s, wall_s)
+    server = rate(start.server_s, end.server_s, wall_s)
+    server_core = rate(start.server_core_s, end.server_core_s, wall_s)
+    client_core = rate(start.client_core_s, end.client_core_s, wall_s)
     return CpuShares(
         server=server,
         other_on_server_core=None
@@ -380,18 +234,6 @@ def cpu_shares(start: CpuSnapshot, end: CpuSnapshot, client_cpu: float) -> CpuSh
         else max(0.0, server_core - server),
         other_on_client_core=None if client_core is None else max(0.0, client_core - client_cpu),
     )
-
-
-def core_busy_shares(cores: Cores, seconds: float) -> dict[str, float | None]:
-    """How busy each of our two cores is over the next `seconds`, whoever runs on it."""
-    start = time.monotonic(), core_busy_s(cores.server), core_busy_s(cores.client)
-    time.sleep(seconds)
-    end = time.monotonic(), core_busy_s(cores.server), core_busy_s(cores.client)
-    wall_s = end[0] - start[0]
-    return {
-        "server_core": _rate(start[1], end[1], wall_s),
-        "client_core": _rate(start[2], end[2], wall_s),
-    }
 
 
 def wait_for_quiet(cores: Cores, max_wait_s: float) -> None:
@@ -403,97 +245,7 @@ def wait_for_quiet(cores: Cores, max_wait_s: float) -> None:
             return
 
 
-# --- servers --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Server:
-    arm: Arm
-    process: subprocess.Popen[Any]
-    url: str
-    log: Path
-    startup_s: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http(
-    url: str,
-    *,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 5.0,
-) -> tuple[int, bytes]:
-    """(status, body) of one request, errors statuses included; transport errors raise OSError."""
-    request = urllib.request.Request(url, data=body, headers=headers or {})
-    try:
-        with _NO_PROXY.open(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def wait_ready(server: Server, timeout_s: float, started: float) -> float:
-    """Seconds from `started` until the ready path answers 200."""
-    deadline = started + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise BenchError(
-                f"{server.arm.name} exited with code {server.process.returncode} before it was"
-                f" ready; last lines of {server.log}:\n{tail(server.log)}"
-            )
-        with contextlib.suppress(OSError):
-            if http(server.url + server.arm.ready_path, timeout=1.0)[0] == 200:
-                return time.monotonic() - started
-        time.sleep(0.05)
-    raise BenchError(
-        f"{server.arm.name} was not ready after {timeout_s:.0f} s; last lines of {server.log}:\n"
-        f"{tail(server.log)}"
-    )
-
-
-def _launch(arm: Arm, workspace: Workspace, core: int | None) -> tuple[Server, float]:
-    """Start the arm's server on a free port; returns it (not ready yet) and its start time."""
-    port = free_port()
-    log = workspace.directory / f"{arm.name}-{port}.log"
-    with log.open("wb") as log_file:
-        started = time.monotonic()
-        command = arm.command(workspace, port)
-        process = spawn(command, core, stdout=log_file, stderr=subprocess.STDOUT, env=workspace.env)
-    return Server(arm, process, f"http://{HOST}:{port}", log, startup_s=float("nan")), started
-
-
-def start_server(arm: Arm, workspace: Workspace, core: int | None, timeout_s: float) -> Server:
-    """A ready server; retried on a fresh port if another process took the chosen one."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        server, started = _launch(arm, workspace, core)
-        try:
-            startup_s = wait_ready(server, timeout_s, started)
-            if server.process.poll() is not None:  # someone else's server answered on our port
-                raise BenchError(f"{arm.name} exited; last lines:\n{tail(server.log)}")
-            return dataclasses.replace(server, startup_s=startup_s)
-        except BenchError:
-            stop(server.process)
-            if attempt == PORT_ATTEMPTS or "address already in use" not in tail(server.log):
-                raise
-            print(f"{arm.name}: port taken, retrying on another port", file=sys.stderr)
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def running(arm: Arm, workspace: Workspace, core: int | None, timeout_s: float) -> Iterator[Server]:
-    server = start_server(arm, workspace, core, timeout_s)
-    try:
-        yield server
-    finally:
-        stop(server.process)
+# --- requests -------------------------------------------------------------------------------------
 
 
 def auth_headers(arm: Arm, workspace: Workspace) -> dict[str, str]:
@@ -502,20 +254,20 @@ def auth_headers(arm: Arm, workspace: Workspace) -> dict[str, str]:
 
 def check_predictions(server: Server, workspace: Workspace, rows: int, body: bytes) -> None:
     """One request before the load: a 200 with one prediction per row, or a clear failure."""
-    headers = {"Content-Type": "application/json", **auth_headers(server.arm, workspace)}
-    try:
-        status, answer = http(server.url + "/invocations", body=body, headers=headers, timeout=30)
-    except OSError as exc:
-        raise BenchError(
-            f"{server.arm.name}: /invocations failed: {exc}\n{tail(server.log)}"
-        ) from exc
+    status, answer = harness.post_checked(
+        server.url + "/invocations",
+        body,
+        auth_headers(server.arm, workspace),
+        f"{server.arm.name}: /invocations",
+        server.log,
+    )
     predictions = None
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         predictions = json.loads(answer).get("predictions")
     if status != 200 or not isinstance(predictions, list) or len(predictions) != rows:
         raise BenchError(
             f"{server.arm.name}: /invocations with {rows} row(s) answered {status}:"
-            f" {answer[:1000].decode(errors='replace')}\n"
+            f" {answer[:1000]}\n"
             f"last lines of {server.log}:\n{tail(server.log)}"
         )
 
@@ -545,28 +297,6 @@ class Measurement:
     cpu: CpuShares
 
 
-def _loadgen_command(
-    server: Server, workspace: Workspace, body_file: Path, concurrency: int, settings: Settings
-) -> list[str]:
-    command = [
-        sys.executable,
-        str(LOADGEN),
-        "--url",
-        server.url + "/invocations",
-        "--body-file",
-        str(body_file),
-        "--concurrency",
-        str(concurrency),
-        "--warmup",
-        str(settings.warmup_s),
-        "--duration",
-        str(settings.duration_s),
-    ]
-    for name, value in auth_headers(server.arm, workspace).items():
-        command += ["--header", f"{name}: {value}"]
-    return command
-
-
 def run_scenario(
     server: Server,
     workspace: Workspace,
@@ -577,27 +307,20 @@ def run_scenario(
     settings: Settings,
 ) -> Measurement:
     log = workspace.directory / f"loadgen-{server.arm.name}-{rows}-{concurrency}.log"
-    command = _loadgen_command(server, workspace, body_file, concurrency, settings)
-    marks: dict[str, CpuSnapshot] = {}
-    result_line = ""
-    with log.open("wb") as stderr:
-        process = spawn(command, cores.client, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.strip()
-            if line in (MEASURE_START, MEASURE_END):
-                marks[line] = CpuSnapshot.take(server.process.pid, cores)
-            elif line:
-                result_line = line
-        process.wait()
-    finally:
-        stop(process)
-    if process.returncode != 0 or not result_line or len(marks) != 2:
-        raise BenchError(f"load generator exited with {process.returncode}:\n{tail(log)}")
-    load = LoadResult.from_json(result_line)
-    cpu = cpu_shares(marks[MEASURE_START], marks[MEASURE_END], load.client_cpu)
-    return Measurement(server.arm.name, rows, concurrency, load, cpu)
+    command = harness.loadgen_command(
+        server.url + "/invocations",
+        body_file,
+        concurrency,
+        settings.warmup_s,
+        settings.duration_s,
+        auth_headers(server.arm, workspace),
+    )
+    load, start, end = harness.run_loadgen(
+        command, cores.client, log, lambda: CpuSnapshot.take(server.process.pid, cores)
+    )
+    return Measurement(
+        server.arm.name, rows, concurrency, load, cpu_shares(start, end, load.client_cpu)
+    )
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -612,21 +335,6 @@ class Report:
     measurements: list[Measurement] = field(default_factory=list)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table; the first column left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 RESULT_COLUMNS = ("arm", "rows", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
                   "server CPU", "client CPU", "other CPU srv/cli")  # fmt: skip
 
@@ -634,13 +342,13 @@ RESULT_COLUMNS = ("arm", "rows", "concurrency", "req/s", "p50 ms", "p90 ms", "p9
 def result_row(m: Measurement) -> list[str]:
     load = m.load
     return [m.arm, str(m.rows), str(m.concurrency), f"{load.requests_per_s:,.0f}",
-            _ms(load.p50_ms), _ms(load.p90_ms), _ms(load.p99_ms), str(load.errors),
-            _share(m.cpu.server), _share(load.client_cpu),
+            fmt_ms(load.p50_ms), fmt_ms(load.p90_ms), fmt_ms(load.p99_ms), str(load.errors),
+            fmt_share(m.cpu.server), fmt_share(load.client_cpu),
             _other_cpu(m.cpu)]  # fmt: skip
 
 
 def _other_cpu(cpu: CpuShares) -> str:
-    return f"{_share(cpu.other_on_server_core)}/{_share(cpu.other_on_client_core)}"
+    return f"{fmt_share(cpu.other_on_server_core)}/{fmt_share(cpu.other_on_client_core)}"
 
 
 def results_table(report: Report) -> str:
@@ -661,14 +369,14 @@ def row_problems(m: Measurement) -> list[str]:
         problems.append(f"{m.load.errors} error(s), the first: {m.load.first_error}")
     if (m.cpu.other_on_server_core or 0.0) > NOISY_SHARE:
         problems.append(
-            f"other processes took {_share(m.cpu.other_on_server_core)} of the server's core"
+            f"other processes took {fmt_share(m.cpu.other_on_server_core)} of the server's core"
         )
     if (m.cpu.other_on_client_core or 0.0) > NOISY_SHARE:
         problems.append(
-            f"other processes took {_share(m.cpu.other_on_client_core)} of the client's core"
+            f"other processes took {fmt_share(m.cpu.other_on_client_core)} of the client's core"
         )
     if m.load.client_cpu > BUSY_CLIENT_SHARE:
-        problems.append(f"the load generator used {_share(m.load.client_cpu)}: client-bound")
+        problems.append(f"the load generator used {fmt_share(m.load.client_cpu)}: client-bound")
     return problems
 
 
@@ -686,40 +394,16 @@ def notes(report: Report) -> list[str]:
     return found
 
 
-def _git_revision() -> str | None:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=BENCH_DIR,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"],
-            cwd=BENCH_DIR,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    return None
-
-
 def write_json(report: Report, stamp: str) -> Path:
     from importlib.metadata import version
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"invocations-{stamp}.json"
     document = {
         "timestamp": stamp,
         "settings": asdict(report.settings),
         "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **harness.machine(),
             "mlflow": version("mlflow"),
-            "git": _git_revision(),
+            "git": harness.git_revision(),
         },
         "cores": asdict(report.cores),
         "batching": BATCHING,
@@ -727,8 +411,7 @@ def write_json(report: Report, stamp: str) -> Path:
         "startup_s": report.startup_s,
         "results": [asdict(m) for m in report.measurements],
     }
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return path
+    return harness.write_results("invocations", stamp, document)
 
 
 def print_report(report: Report) -> None:
@@ -788,7 +471,9 @@ def benchmark_arm(
     arm: Arm, workspace: Workspace, cores: Cores, bodies: dict[int, Path], report: Report
 ) -> None:
     settings = report.settings
-    with running(arm, workspace, cores.server, settings.ready_timeout_s) as server:
+    launch = Launch(workspace.directory, workspace.env, cores.server, settings.ready_timeout_s)
+    command = arm.command
+    with harness.running(arm, lambda port: command(workspace, port), launch) as server:
         report.startup_s[arm.name] = server.startup_s
         print(f"{arm.name}: ready in {server.startup_s:.2f} s", file=sys.stderr)
         for rows, body_file in bodies.items():
@@ -799,60 +484,40 @@ def benchmark_arm(
                     server, workspace, cores, body_file, rows, concurrency, settings
                 )
                 report.measurements.append(m)
-                progress = ", ".join(
-                    f"{c} {v}" for c, v in zip(RESULT_COLUMNS, result_row(m), strict=True)
-                )
-                print(f"  {progress}", file=sys.stderr)
+                print(f"  {harness.progress_line(RESULT_COLUMNS, result_row(m))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, harness.exit_on_signal)
     from gateway.demo import train_demo_model
 
     model = train_demo_model()
-    cores = choose_cores()
-    if cores.client is not None:
-        os.sched_setaffinity(0, {cores.client})  # keep this supervisor off the server's core
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    cores = harness.choose_cores()
+    harness.pin_supervisor(cores)
+    stamp = harness.utc_stamp()
     report = Report(settings, cores, busy_before=core_busy_shares(cores, 1.0))
-    busy = {core: share for core, share in report.busy_before.items() if (share or 0) > NOISY_SHARE}
-    if busy:
-        shares = ", ".join(f"{core} {_share(share)}" for core, share in busy.items())
-        print(
-            f"warning: the machine is busy before the run ({shares}); expect noise", file=sys.stderr
-        )
+    harness.warn_if_busy(report.busy_before)
     scratch = Path(tempfile.mkdtemp(prefix="bench-invocations-"))  # configs, bodies, logs
     workspace = make_workspace(scratch, model)
     bodies = {rows: scratch / f"body-{rows}.json" for rows in settings.rows}
     for rows, path in bodies.items():
         path.write_bytes(iris_body(rows))
-    failed = False
-    try:
+
+    def work() -> None:
         for name in settings.arms:
             benchmark_arm(ARMS[name], workspace, cores, bodies, report)
-    except BenchError as exc:
-        failed = True
-        print(f"\nbenchmark failed: {exc}\n(logs kept in {scratch})", file=sys.stderr)
+
+    def show_partial() -> None:
         if report.measurements:
             print_report(report)
+
+    if not harness.supervise(work, scratch, show_partial):
         return 1
-    finally:
-        stop_all()
-        if not failed:
-            shutil.rmtree(scratch, ignore_errors=True)
     print_report(report)
     print(f"\nresults: {write_json(report, stamp)}", file=sys.stderr)
     return 0
 
 
-def run() -> int:
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print("\ninterrupted; every server was stopped", file=sys.stderr)
-        return 130
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(harness.run_main(main))

@@ -27,33 +27,40 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import harness
 import yaml
-from loadgen import MEASURE_END, MEASURE_START, LoadResult
+from harness import (
+    BENCH_DIR,
+    HOST,
+    NOISY_SHARE,
+    BenchError,
+    Cores,
+    Launch,
+    core_busy_s,
+    fmt_ms,
+    fmt_share,
+    process_tree_cpu_s,
+    rate,
+    table,
+    tail,
+)
+from loadgen import LoadResult
 
-BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-LOADGEN = BENCH_DIR / "loadgen.py"
-HOST = "127.0.0.1"
+
 
 ENDPOINT = "bench-chat"  # what clients of the gateway and of the proxy call
 UPSTREAM_MODEL = "fake-model"  # what the fake upstream is asked for
@@ -74,7 +81,6 @@ LITELLM_INSTALL_TIMEOUT_S = 1800.0
 LITELLM_UNAVAILABLE = ("litellm-proxy", "litellm-proxy-extras", "litellm-enterprise")
 
 STREAM_CONCURRENCY = 1
-NOISY_SHARE = 0.05  # other processes on the server's core beyond this: the row is disturbed
 BUSY_CORE_SHARE = 0.9  # core 1 (fake upstream + load generator) beyond this: the client side limits
 
 # The targets the gateway is held to (printed beside the table).
@@ -97,135 +103,6 @@ BENCH_LIMITS = {
 }
 
 
-class BenchError(Exception):
-    """A server or the load generator misbehaved; the message says how."""
-
-
-# --- processes: pinning, stopping, readiness (kept apart from invocations.py on purpose: the two
-# benchmarks share only the load generator, so either can change its supervisor freely) ---------
-
-LOG_TAIL_LINES = 40
-STOP_GRACE_S = 10.0
-PORT_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Cores:
-    server: int | None  # None: not pinned (fewer than two usable cores)
-    client: int | None
-
-
-def choose_cores() -> Cores:
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(usable) < 2:
-        print(
-            "warning: fewer than 2 usable cores; servers and client are not pinned", file=sys.stderr
-        )
-        return Cores(None, None)
-    return Cores(server=usable[0], client=usable[1])
-
-
-_STARTED: list[subprocess.Popen[Any]] = []
-
-
-def spawn(command: list[str], core: int | None, **popen: Any) -> subprocess.Popen[Any]:
-    """Start `command` in a new session, pinned to `core` (taskset, else sched_setaffinity)."""
-    preexec: Callable[[], None] | None = None
-    if core is not None:
-        taskset = shutil.which("taskset")
-        if taskset:
-            command = [taskset, "-c", str(core), *command]
-        else:
-
-            def preexec() -> None:
-                os.sched_setaffinity(0, {core})
-
-    process = subprocess.Popen(command, start_new_session=True, preexec_fn=preexec, **popen)
-    _STARTED.append(process)
-    return process
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    """SIGTERM the process group we started, then SIGKILL whatever is left of it."""
-    if process in _STARTED:
-        _STARTED.remove(process)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(STOP_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def stop_all() -> None:
-    while _STARTED:
-        stop(_STARTED.pop())
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat(pid_dir: Path) -> tuple[int, int] | None:
-    """(parent pid, user+system CPU ticks) of one process."""
-    try:
-        fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def process_tree_cpu_s(root: int) -> float | None:
-    """CPU seconds used so far by `root` and its descendants; None without /proc."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    stats = {int(d.name): s for d in proc.iterdir() if d.name.isdigit() and (s := _stat(d))}
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(stats[pid][1] for pid in tree if pid in stats) / _CLOCK_TICKS
-
-
-def core_busy_s(core: int | None) -> float | None:
-    """CPU seconds one core has been busy (anything, steal included), from /proc/stat."""
-    if core is None:
-        return None
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        name, *ticks = line.split()
-        if name == f"cpu{core}":
-            idle, iowait = int(ticks[3]), int(ticks[4])
-            return (sum(int(t) for t in ticks[:8]) - idle - iowait) / _CLOCK_TICKS
-    return None
-
-
-def busy_before_run(cores: Cores, seconds: float = 1.0) -> dict[str, float | None]:
-    """How busy the two cores are before anything of ours runs (both should be near 0%)."""
-    start = time.monotonic(), core_busy_s(cores.server), core_busy_s(cores.client)
-    time.sleep(seconds)
-    end = time.monotonic(), core_busy_s(cores.server), core_busy_s(cores.client)
-    wall_s = end[0] - start[0]
-    return {
-        "server_core": _rate(start[1], end[1], wall_s),
-        "client_core": _rate(start[2], end[2], wall_s),
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class Workspace:
     """What every server shares: a scratch folder, the API key, the environment."""
@@ -242,98 +119,14 @@ class Arm:
     command: Callable[[Workspace, int], list[str]]  # (workspace, port) -> argv
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    arm: Arm
-    process: subprocess.Popen[Any]
-    url: str
-    log: Path
-    startup_s: float
+Server = harness.Server[Arm]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http(
-    url: str,
-    *,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 5.0,
-) -> tuple[int, bytes]:
-    """(status, body) of one request, error statuses included; transport errors raise OSError."""
-    request = urllib.request.Request(url, data=body, headers=headers or {})
-    try:
-        with _NO_PROXY.open(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def wait_ready(server: Server, timeout_s: float, started: float) -> float:
-    """Seconds from `started` until the ready path answers 200."""
-    deadline = started + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise BenchError(
-                f"{server.arm.name} exited with code {server.process.returncode} before it was"
-                f" ready; last lines of {server.log}:\n{tail(server.log)}"
-            )
-        with contextlib.suppress(OSError):
-            if http(server.url + server.arm.ready_path, timeout=1.0)[0] == 200:
-                return time.monotonic() - started
-        time.sleep(0.05)
-    raise BenchError(
-        f"{server.arm.name} was not ready after {timeout_s:.0f} s; last lines of {server.log}:\n"
-        f"{tail(server.log)}"
-    )
-
-
-def start_server(arm: Arm, workspace: Workspace, core: int | None, timeout_s: float) -> Server:
-    """A ready server on a free port; retried on another port if someone took the chosen one."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        port = free_port()
-        log = workspace.directory / f"{arm.name}-{port}.log"
-        command = arm.command(workspace, port)
-        with log.open("wb") as log_file:
-            started = time.monotonic()
-            process = spawn(
-                command, core, stdout=log_file, stderr=subprocess.STDOUT, env=workspace.env
-            )
-        server = Server(arm, process, f"http://{HOST}:{port}", log, float("nan"))
-        try:
-            startup_s = wait_ready(server, timeout_s, started)
-            if process.poll() is not None:  # someone else's server answered on our port
-                raise BenchError(f"{arm.name} exited; last lines:\n{tail(log)}")
-            return dataclasses.replace(server, startup_s=startup_s)
-        except BenchError:
-            stop(process)
-            if attempt == PORT_ATTEMPTS or "address already in use" not in tail(log):
-                raise
-            print(f"{arm.name}: port taken, retrying on another port", file=sys.stderr)
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def running(arm: Arm, workspace: Workspace, core: int | None, timeout_s: float) -> Iterator[Server]:
-    server = start_server(arm, workspace, core, timeout_s)
-    try:
-        yield server
-    finally:
-        stop(server.process)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table; the first column left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def running(
+    arm: Arm, workspace: Workspace, core: int | None, timeout_s: float
+) -> contextlib.AbstractContextManager[Server]:
+    launch = Launch(workspace.directory, workspace.env, core, timeout_s)
+    return harness.running(arm, lambda port: arm.command(workspace, port), launch)
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -353,24 +146,11 @@ class Settings:
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return tuple(dict.fromkeys(values))
+    return tuple(dict.fromkeys(harness.int_list(text)))  # each concurrency once
 
 
 def _arm_list(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in ARM_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown}; choose from {ARM_NAMES}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"an arm is named twice in {text!r}")
+    names = harness.name_list(text, ARM_NAMES)
     return tuple(name for name in ARM_NAMES if name in names)  # direct first: the baseline
 
 
@@ -390,11 +170,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     parser.add_argument(
         "--no-stream", dest="stream", action="store_false", help="skip the streamed chat"
     )
-    parser.add_argument("--warmup", type=float, help="seconds discarded per scenario (1)")
-    parser.add_argument("--duration", type=float, help="seconds measured per scenario (5)")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 0.25 s warmup, 1 s measured"
-    )
+    harness.add_window_args(parser)
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to come up")
     parser.add_argument(
         "--quiet-wait",
@@ -416,13 +192,12 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         help="where LiteLLM is (or gets) installed (bench/.venv-litellm)",
     )
     args = parser.parse_args(argv)
-    default_warmup, default_duration = (0.25, 1.0) if args.quick else (1.0, 5.0)
     return Settings(
         arms=args.arms,
         concurrency=args.concurrency,
         stream=args.stream,
-        warmup_s=default_warmup if args.warmup is None else args.warmup,
-        duration_s=default_duration if args.duration is None else args.duration,
+        warmup_s=harness.pick(args.warmup, quick=args.quick, quick_value=0.25, default=1.0),
+        duration_s=harness.pick(args.duration, quick=args.quick, quick_value=1.0, default=5.0),
         ready_timeout_s=args.ready_timeout,
         quiet_wait_s=0.0 if args.quick else args.quiet_wait,
         retries=0 if args.quick else max(0, args.retries),
@@ -685,16 +460,13 @@ def check_target(target: Target) -> None:
     """One request of each kind before the load: a 200 with the echo, or a clear failure."""
     for kind, body_file in target.bodies.items():
         scenario = Scenario(kind, 1)
-        headers = {"Content-Type": "application/json", **target.headers}
-        try:
-            status, answer = http(
-                target.url, body=body_file.read_bytes(), headers=headers, timeout=30
-            )
-        except OSError as exc:
-            raise BenchError(
-                f"{target.arm}: {kind} request failed: {exc}\n{tail(target.server.log)}"
-            ) from exc
-        text = answer.decode("utf-8", errors="replace")
+        status, text = harness.post_checked(
+            target.url,
+            body_file.read_bytes(),
+            target.headers,
+            f"{target.arm}: {kind} request",
+            target.server.log,
+        )
         if (
             status != 200
             or scenario.expect not in text
@@ -742,16 +514,12 @@ class Cpu:
     other_on_client_core: float | None  # core 1 busy beyond load generator + fake: noise
 
 
-def _rate(start: float | None, end: float | None, wall_s: float) -> float | None:
-    return None if start is None or end is None or wall_s <= 0 else (end - start) / wall_s
-
-
 def cpu_over(start: CpuSample, end: CpuSample, client: float, server_on_core0: bool) -> Cpu:
     wall_s = end.wall_s - start.wall_s
-    server = _rate(start.server_s, end.server_s, wall_s)
-    upstream = _rate(start.upstream_s, end.upstream_s, wall_s)
-    core0 = _rate(start.core0_s, end.core0_s, wall_s)
-    core1 = _rate(start.core1_s, end.core1_s, wall_s)
+    server = rate(start.server_s, end.server_s, wall_s)
+    upstream = rate(start.upstream_s, end.upstream_s, wall_s)
+    core0 = rate(start.core0_s, end.core0_s, wall_s)
+    core1 = rate(start.core1_s, end.core1_s, wall_s)
     on_core0 = (server or 0.0) if server_on_core0 else 0.0
     on_core1 = client + (upstream or 0.0) + (0.0 if server_on_core0 else (server or 0.0))
     return Cpu(
@@ -785,12 +553,12 @@ def wait_for_quiet(cores: Cores, ours: Sequence[int], limit_s: float) -> float |
         others = max(0.0, (end[1] - start[1]) + (end[2] - start[2]) - (end[3] - start[3])) / wall
         if others < NOISY_SHARE or time.monotonic() >= deadline:
             if told:
-                print(f"  (others now use {_share(others)} of a core)", file=sys.stderr)
+                print(f"  (others now use {fmt_share(others)} of a core)", file=sys.stderr)
             return others
         if not told:
             print(
-                f"  other processes use {_share(others)} of a core; waiting up to {limit_s:.0f} s"
-                " for the machine to quiet down",
+                f"  other processes use {fmt_share(others)} of a core; waiting up to"
+                f" {limit_s:.0f} s for the machine to quiet down",
                 file=sys.stderr,
             )
             told = True
@@ -808,16 +576,10 @@ class Measurement:
 
 
 def loadgen_command(target: Target, scenario: Scenario, settings: Settings) -> list[str]:
-    command = [sys.executable, str(LOADGEN), "--url", target.url,
-               "--body-file", str(target.bodies[scenario.kind]),
-               "--concurrency", str(scenario.concurrency),
-               "--warmup", str(settings.warmup_s), "--duration", str(settings.duration_s),
-               "--expect", scenario.expect]  # fmt: skip
-    if scenario.stream:
-        command.append("--ttfb")
-    for name, value in target.headers.items():
-        command += ["--header", f"{name}: {value}"]
-    return command
+    extra = ["--expect", scenario.expect, *(["--ttfb"] if scenario.stream else [])]
+    return harness.loadgen_command(target.url, target.bodies[scenario.kind],
+                                   scenario.concurrency, settings.warmup_s, settings.duration_s,
+                                   target.headers, extra)  # fmt: skip
 
 
 def run_scenario(
@@ -832,33 +594,13 @@ def run_scenario(
     upstream_pid = None if target.server is upstream else upstream.process.pid
     ours = [target.server.process.pid] + ([] if upstream_pid is None else [upstream_pid])
     others_before = wait_for_quiet(cores, ours, settings.quiet_wait_s)
-    marks: dict[str, CpuSample] = {}
-    result_line = ""
-    with log.open("wb") as stderr:
-        process = spawn(
-            loadgen_command(target, scenario, settings),
-            cores.client,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.strip()
-            if line in (MEASURE_START, MEASURE_END):
-                marks[line] = cpu_sample(target.server.process.pid, upstream_pid, cores)
-            elif line:
-                result_line = line
-        process.wait()
-    finally:
-        stop(process)
-    if process.returncode != 0 or not result_line or len(marks) != 2:
-        raise BenchError(f"load generator exited with {process.returncode}:\n{tail(log)}")
-    load = LoadResult.from_json(result_line)
-    cpu = cpu_over(
-        marks[MEASURE_START], marks[MEASURE_END], load.client_cpu, upstream_pid is not None
+    load, start, end = harness.run_loadgen(
+        loadgen_command(target, scenario, settings),
+        cores.client,
+        log,
+        lambda: cpu_sample(target.server.process.pid, upstream_pid, cores),
     )
+    cpu = cpu_over(start, end, load.client_cpu, upstream_pid is not None)
     return Measurement(target.arm, scenario.kind, scenario.concurrency, load, cpu, others_before)
 
 
@@ -915,16 +657,6 @@ def added(report: Report, m: Measurement) -> Added | None:
     )
 
 
-def _ms(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%"
-
-
 RESULT_COLUMNS = ("arm", "request", "c", "req/s", "p50 ms", "p99 ms", "added p50/p99 ms",
                   "TTFB ms", "TTFB added", "errors", "server CPU", "core-1 CPU",
                   "other CPU c0/c1")  # fmt: skip
@@ -932,16 +664,18 @@ RESULT_COLUMNS = ("arm", "request", "c", "req/s", "p50 ms", "p99 ms", "added p50
 
 def result_row(report: Report, m: Measurement) -> list[str]:
     load, extra = m.load, added(report, m)
-    added_text = "-" if extra is None else f"{_ms(extra.p50_ms, True)} / {_ms(extra.p99_ms, True)}"
-    return [m.arm, m.kind, str(m.concurrency), f"{load.requests_per_s:,.0f}", _ms(load.p50_ms),
-            _ms(load.p99_ms), added_text, _ms(load.ttfb_p50_ms),
-            "-" if extra is None or m.kind != "stream" else _ms(extra.ttfb_p50_ms, True),
-            str(load.errors), _share(m.cpu.server), _share(m.cpu.client_core),
+    added_text = (
+        "-" if extra is None else f"{fmt_ms(extra.p50_ms, True)} / {fmt_ms(extra.p99_ms, True)}"
+    )
+    return [m.arm, m.kind, str(m.concurrency), f"{load.requests_per_s:,.0f}", fmt_ms(load.p50_ms),
+            fmt_ms(load.p99_ms), added_text, fmt_ms(load.ttfb_p50_ms),
+            "-" if extra is None or m.kind != "stream" else fmt_ms(extra.ttfb_p50_ms, True),
+            str(load.errors), fmt_share(m.cpu.server), fmt_share(m.cpu.client_core),
             _other(m.cpu)]  # fmt: skip
 
 
 def _other(cpu: Cpu) -> str:
-    return f"{_share(cpu.other_on_server_core)}/{_share(cpu.other_on_client_core)}"
+    return f"{fmt_share(cpu.other_on_server_core)}/{fmt_share(cpu.other_on_client_core)}"
 
 
 def results_table(report: Report) -> str:
@@ -993,7 +727,7 @@ def targets_table(report: Report) -> str:
         value = check.values[arm]
         if value is None:
             return "-"
-        return f"{value:,.0f}" if "req/s" in check.name else _ms(value, signed=True)
+        return f"{value:,.0f}" if "req/s" in check.name else fmt_ms(value, signed=True)
 
     rows = [
         [c.name, c.goal, show(c, "gateway"), {True: "yes", False: "NO", None: "-"}[c.met],
@@ -1026,7 +760,7 @@ def notes(report: Report) -> list[str]:
         if m.arm != "direct":
             watched.insert(0, (0, m.cpu.other_on_server_core))
         noisy = [
-            f"{_share(share)} of core {core}"
+            f"{fmt_share(share)} of core {core}"
             for core, share in watched
             if share is not None and share > NOISY_SHARE
         ]
@@ -1039,9 +773,9 @@ def notes(report: Report) -> list[str]:
         client_side = m.cpu.client + (m.cpu.upstream or 0.0)
         if m.arm != "direct" and m.concurrency > 1 and client_side > BUSY_CORE_SHARE:
             found.append(
-                f"{label}: the load generator ({_share(m.cpu.client)}) and the fake upstream"
-                f" ({_share(m.cpu.upstream)}) used {_share(client_side)} of core 1: req/s may be"
-                " limited by the client side, not by the server"
+                f"{label}: the load generator ({fmt_share(m.cpu.client)}) and the fake upstream"
+                f" ({fmt_share(m.cpu.upstream)}) used {fmt_share(client_side)} of core 1: req/s"
+                " may be limited by the client side, not by the server"
             )
     return found
 
@@ -1064,24 +798,12 @@ def print_report(report: Report) -> None:
         print(f"\nnote: {note}")
 
 
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=BENCH_DIR, check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def gateway_source_digest() -> str:
     """A digest of the gateway's source as it is on disk (committed or not)."""
     digest = hashlib.sha256()
     for path in sorted((REPO_DIR / "gateway").rglob("*.py")):
         digest.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def _git_revision() -> str | None:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        dirty = "-dirty" if _git("status", "--porcelain") else ""
-        return _git("rev-parse", "--short", "HEAD") + dirty
-    return None
 
 
 def _versions() -> dict[str, str | None]:
@@ -1097,8 +819,6 @@ def _versions() -> dict[str, str | None]:
 
 
 def write_json(report: Report, stamp: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"llm-{stamp}.json"
     results = []
     for m in report.measurements:
         extra = added(report, m)
@@ -1107,9 +827,7 @@ def write_json(report: Report, stamp: str) -> Path:
         "timestamp": stamp,
         "settings": asdict(report.settings),
         "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **harness.machine(),
             "packages": _versions(),
             "litellm": LITELLM_VERSION if "litellm" in report.settings.arms else None,
             "git": report.git,
@@ -1128,16 +846,15 @@ def write_json(report: Report, stamp: str) -> Path:
         "targets": [asdict(check) for check in target_checks(report)],
         "results": results,
     }
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return path
+    return harness.write_results("llm", stamp, document)
 
 
 # --- main -----------------------------------------------------------------------------------------
 
 
 def _progress(report: Report, m: Measurement, prefix: str = "") -> None:
-    cells = zip(RESULT_COLUMNS, result_row(report, m), strict=True)
-    print(f"  {prefix}" + ", ".join(f"{c} {v}" for c, v in cells), file=sys.stderr)
+    line = harness.progress_line(RESULT_COLUMNS, result_row(report, m))
+    print(f"  {prefix}{line}", file=sys.stderr)
 
 
 def measure(target: Target, upstream: Server, cores: Cores, report: Report, scratch: Path) -> None:
@@ -1152,7 +869,7 @@ def measure(target: Target, upstream: Server, cores: Cores, report: Report, scra
                 best = m
             if noise(m) <= NOISY_SHARE:
                 break
-            _progress(report, m, f"disturbed ({_share(noise(m))} of a core to others), ")
+            _progress(report, m, f"disturbed ({fmt_share(noise(m))} of a core to others), ")
         assert best is not None
         report.measurements.append(best)
         _progress(report, best)
@@ -1217,25 +934,16 @@ def benchmark(report: Report, cores: Cores, workspace: Workspace, scratch: Path)
                 measure(target, upstream, cores, report, scratch)
 
 
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the `finally` that stops every server
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    cores = choose_cores()
-    if cores.client is not None:
-        os.sched_setaffinity(0, {cores.client})  # keep this supervisor off the server's core
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = Report(settings, cores, busy_before=busy_before_run(cores), git=_git_revision())
+    signal.signal(signal.SIGTERM, harness.exit_on_signal)
+    cores = harness.choose_cores("servers and client")
+    harness.pin_supervisor(cores)
+    stamp = harness.utc_stamp()
+    busy_before = harness.core_busy_shares(cores)
+    report = Report(settings, cores, busy_before=busy_before, git=harness.git_revision())
     report.source_before = gateway_source_digest()
-    busy = {core: share for core, share in report.busy_before.items() if (share or 0) > NOISY_SHARE}
-    if busy:
-        shares = ", ".join(f"{core} {_share(share)}" for core, share in busy.items())
-        print(
-            f"warning: the machine is busy before the run ({shares}); expect noise", file=sys.stderr
-        )
+    harness.warn_if_busy(report.busy_before)
     scratch = Path(tempfile.mkdtemp(prefix="bench-llm-"))  # configs, bodies, logs
     env = {
         **os.environ,
@@ -1245,32 +953,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     # The same key for the gateway (by its SHA-256) and the proxy (its master key, `sk-` first).
     workspace = Workspace(scratch, "sk-bench-" + secrets.token_urlsafe(24), env)
-    failed = False
-    try:
-        benchmark(report, cores, workspace, scratch)
-    except BenchError as exc:
-        failed = True
-        print(f"\nbenchmark failed: {exc}\n(logs kept in {scratch})", file=sys.stderr)
+
+    def show_partial() -> None:
         if report.measurements:
             print_report(report)
-        return 1
-    finally:
-        stop_all()
+
+    def source_after() -> None:
         report.source_after = gateway_source_digest()
-        if not failed:
-            shutil.rmtree(scratch, ignore_errors=True)
+
+    if not harness.supervise(
+        lambda: benchmark(report, cores, workspace, scratch), scratch, show_partial, source_after
+    ):
+        return 1
     print_report(report)
     print(f"\nresults: {write_json(report, stamp)}", file=sys.stderr)
     return 0
 
 
-def run() -> int:
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print("\ninterrupted; every server was stopped", file=sys.stderr)
-        return 130
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(harness.run_main(main))
