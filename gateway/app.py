@@ -106,7 +106,8 @@ class GatewayApp:
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
             response = await route.handler(request, self.state)
         except GatewayError as error:
-            expose = self.loaded.config.server.expose_stack_traces
+            runtime = self.holder.current  # the setting of the config serving now
+            expose = runtime is not None and runtime.loaded.config.server.expose_stack_traces
             response = _error_response(error, route.protocol, expose)
         except ClientDisconnected:
             return
