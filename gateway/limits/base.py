@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 RuleKind = Literal["requests", "tokens", "concurrency", "budget"]
 Period = Literal["day", "month"]
@@ -283,3 +283,31 @@ def keep_alive(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None
     """Hold a strong reference to a background task until it finishes (asyncio keeps weak ones)."""
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+
+
+StoreT = TypeVar("StoreT")
+
+
+class StoreReservation(Reservation, Generic[StoreT]):
+    """A reservation counted in a store (memory or Redis): it keeps that store, and the budget
+    keys it was charged under (they name a period, so a settle after midnight finds them)."""
+
+    __slots__ = ("budget_keys", "limiter")
+
+    def __init__(
+        self,
+        limiter: StoreT,
+        rules: Sequence[Rule],
+        *,
+        id: str,
+        tokens: int,
+        cost_usd: float,
+        remaining: Sequence[float],
+        reset_s: Sequence[float],
+        budget_keys: list[str],
+    ) -> None:
+        super().__init__(
+            rules, id=id, tokens=tokens, cost_usd=cost_usd, remaining=remaining, reset_s=reset_s
+        )
+        self.limiter = limiter
+        self.budget_keys = budget_keys

@@ -17,6 +17,7 @@ from gateway.limits.base import (
     EPSILON,
     Reservation,
     Rule,
+    StoreReservation,
     period_of,
     rejection,
 )
@@ -179,26 +180,8 @@ class MemoryLimiter:
         """Nothing to close; here to satisfy `Limiter`."""
 
 
-class _MemoryReservation(Reservation):
-    __slots__ = ("budget_keys", "limiter")
-
-    def __init__(
-        self,
-        limiter: MemoryLimiter,
-        rules: Sequence[Rule],
-        *,
-        id: str,
-        tokens: int,
-        cost_usd: float,
-        remaining: Sequence[float],
-        reset_s: Sequence[float],
-        budget_keys: list[str],
-    ) -> None:
-        super().__init__(
-            rules, id=id, tokens=tokens, cost_usd=cost_usd, remaining=remaining, reset_s=reset_s
-        )
-        self.limiter = limiter
-        self.budget_keys = budget_keys
+class _MemoryReservation(StoreReservation["MemoryLimiter"]):
+    __slots__ = ()
 
     async def _release(self, tokens_delta: int, cost_delta: float, now: float | None) -> None:
         # No await inside: settling completes even in a task that is being cancelled.

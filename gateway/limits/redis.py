@@ -31,6 +31,7 @@ from gateway.limits.base import (
     LimitStoreUnavailable,
     Reservation,
     Rule,
+    StoreReservation,
     keep_alive,
 )
 from gateway.limits.scripts import ACQUIRE, SETTLE
@@ -162,26 +163,8 @@ class RedisLimiter:
             await self._client.aclose()
 
 
-class _RedisReservation(Reservation):
-    __slots__ = ("budget_keys", "limiter")
-
-    def __init__(
-        self,
-        limiter: RedisLimiter,
-        rules: Sequence[Rule],
-        *,
-        id: str,
-        tokens: int,
-        cost_usd: float,
-        remaining: Sequence[float],
-        reset_s: Sequence[float],
-        budget_keys: list[str],
-    ) -> None:
-        super().__init__(
-            rules, id=id, tokens=tokens, cost_usd=cost_usd, remaining=remaining, reset_s=reset_s
-        )
-        self.limiter = limiter
-        self.budget_keys = budget_keys  # as named by the script, period included
+class _RedisReservation(StoreReservation["RedisLimiter"]):
+    __slots__ = ()
 
     async def _release(self, tokens_delta: int, cost_delta: float, now: float | None) -> None:
         ns = self.limiter.namespace
