@@ -14,7 +14,6 @@ starts without faults, delays or recorded requests.
 
 from __future__ import annotations
 
-import hashlib
 import textwrap
 import time
 import uuid
@@ -28,6 +27,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.auth import key_digest
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import FakeUpstream, wait_until
@@ -42,10 +42,6 @@ HELLO_PROMPT_TOKENS = 3 + 3  # the fakes' count: words + 3 per message
 HELLO_COMPLETION_TOKENS = 4
 
 FAKE_FIXTURES = ("openai_fake", "openai_fake_b", "anthropic_fake")
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def request_id() -> str:
@@ -67,8 +63,8 @@ def config_text(endpoints_yaml: str, app_endpoints: Sequence[str]) -> str:
         f"""\
         auth:
           keys:
-            - {{id: app, sha256: "{sha(APP_KEY)}", endpoints: [{allowed}]}}
-            - {{id: admin, sha256: "{sha(ADMIN_KEY)}", roles: [user, admin]}}
+            - {{id: app, sha256: "{key_digest(APP_KEY)}", endpoints: [{allowed}]}}
+            - {{id: admin, sha256: "{key_digest(ADMIN_KEY)}", roles: [user, admin]}}
         endpoints:
         """
     )

@@ -29,6 +29,14 @@ from mlflow.types.llm import ChatChoice, ChatCompletionResponse, ChatMessage, Ch
 # subprocess (seconds per model); these tests never build an environment from them.
 PIP_REQUIREMENTS = ["mlflow", "scikit-learn", "pandas"]
 
+# --- what requests to the classifier look like -----------------------------------------------
+
+IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+# One flower, scored 0 (setosa) by the classifier.
+IRIS_ONE_ROW: dict[str, Any] = {
+    "dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}
+}
+
 # --- what the test session gets ---------------------------------------------------------------
 
 

@@ -11,9 +11,7 @@ import httpx
 import pytest
 
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
-from tests.models import TestModels
-
-IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+from tests.models import IRIS_COLUMNS, TestModels
 
 
 @pytest.fixture(scope="module")

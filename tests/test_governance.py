@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import sqlite3
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.auth import key_digest
 from tests.gateway_process import (
     GatewayProcess,
     free_port,
@@ -24,27 +24,13 @@ from tests.gateway_process import (
     wait_until_ready,
     write_config,
 )
-from tests.models import TestModels
+from tests.models import IRIS_ONE_ROW, TestModels
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 KEY_A = "gw-governance-key-a-0123456789abcdef"
 KEY_B = "gw-governance-key-b-0123456789abcdef"
 ADMIN = "gw-governance-admin-0123456789abcdef"
-IRIS = {
-    "dataframe_split": {
-        "columns": [
-            "sepal length (cm)",
-            "sepal width (cm)",
-            "petal length (cm)",
-            "petal width (cm)",
-        ],
-        "data": [[5.1, 3.5, 1.4, 0.2]],
-    }
-}
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+IRIS = IRIS_ONE_ROW
 
 
 def config_text(
@@ -60,9 +46,9 @@ groups:
   team: {{limits: {{{group_limits}}}}}
 auth:
   keys:
-    - {{id: a, sha256: "{sha(KEY_A)}", groups: [team], limits: {{requests_per_minute: {key_rpm}}}}}
-    - {{id: b, sha256: "{sha(KEY_B)}", groups: [team]}}
-    - {{id: admin, sha256: "{sha(ADMIN)}", roles: [user, admin]}}
+    - {{id: a, sha256: "{key_digest(KEY_A)}", groups: [team], limits: {{requests_per_minute: {key_rpm}}}}}
+    - {{id: b, sha256: "{key_digest(KEY_B)}", groups: [team]}}
+    - {{id: admin, sha256: "{key_digest(ADMIN)}", roles: [user, admin]}}
 usage: {{ledger: "sqlite:///usage.db", spool_dir: spool}}
 endpoints:
   - {{name: iris, type: custom, served_models: [{{model: "{models.classifier}"}}]}}

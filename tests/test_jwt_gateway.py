@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from gateway.auth import key_digest
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
-from tests.models import TestModels
+from tests.models import IRIS_ONE_ROW, TestModels
 from tests.test_jwt import AUDIENCE, EC, ISSUER, RSA, JWKSServer, mint
 
 ANALYST_KEY = "gw-jwt-test-analyst-key-0123456789"
-SCORE = {
-    "dataframe_split": {
-        "columns": [
-            "sepal length (cm)",
-            "sepal width (cm)",
-            "petal length (cm)",
-            "petal width (cm)",
-        ],
-        "data": [[5.1, 3.5, 1.4, 0.2]],
-    }
-}
+SCORE = IRIS_ONE_ROW
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def gateway(
     models: TestModels, idp: JWKSServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("jwt")
-    digest = hashlib.sha256(ANALYST_KEY.encode()).hexdigest()
+    digest = key_digest(ANALYST_KEY)
     config = write_config(
         workdir,
         f"""

@@ -4,7 +4,6 @@ aliases that move."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import shutil
 import signal
@@ -18,35 +17,22 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.auth import key_digest
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
-from tests.models import TestModels, register_versions
+from tests.models import IRIS_ONE_ROW, TestModels, register_versions
 
 STABLE = "gw-reload-stable-key-0123456789abcdef"
 ONLY_A = "gw-reload-only-in-a-0123456789abcdef"
 ADMIN = "gw-reload-admin-key-0123456789abcdef"
 LIMITED = "gw-reload-limited-key-0123456789abcd"
-IRIS = {
-    "dataframe_split": {
-        "columns": [
-            "sepal length (cm)",
-            "sepal width (cm)",
-            "petal length (cm)",
-            "petal width (cm)",
-        ],
-        "data": [[5.1, 3.5, 1.4, 0.2]],
-    }
-}
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+IRIS = IRIS_ONE_ROW
 
 
 def config(models: TestModels, upstream: FakeOpenAI, variant: str) -> str:
     """Two valid configs that differ in keys, limits, traffic split and one endpoint."""
     a = variant == "a"
-    extra_key = f'    - {{id: only-a, sha256: "{sha(ONLY_A)}"}}\n' if a else ""
+    extra_key = f'    - {{id: only-a, sha256: "{key_digest(ONLY_A)}"}}\n' if a else ""
     extra_endpoint = (
         f'  - {{name: extra, type: custom, served_models: [{{model: "{models.classifier}"}}]}}\n'
         if a
@@ -64,9 +50,9 @@ def config(models: TestModels, upstream: FakeOpenAI, variant: str) -> str:
 registry: {{poll_s: 0}}
 auth:
   keys:
-    - {{id: stable, sha256: "{sha(STABLE)}", limits: {{requests_per_minute: {100000 if a else 90000}}}}}
-    - {{id: limited, sha256: "{sha(LIMITED)}", limits: {{requests_per_hour: 3}}}}
-    - {{id: admin, sha256: "{sha(ADMIN)}", roles: [user, admin]}}
+    - {{id: stable, sha256: "{key_digest(STABLE)}", limits: {{requests_per_minute: {100000 if a else 90000}}}}}
+    - {{id: limited, sha256: "{key_digest(LIMITED)}", limits: {{requests_per_hour: 3}}}}
+    - {{id: admin, sha256: "{key_digest(ADMIN)}", roles: [user, admin]}}
 {extra_key}endpoints:
   - {{name: iris, type: custom, default: true, served_models: {split}}}
   - name: chat

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from gateway.auth import key_digest
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
-from tests.models import TestModels
+from tests.models import IRIS_ONE_ROW, TestModels
 
 ANALYST_KEY = "gw-analyst-test-key-0123456789abcdef"
 ADMIN_KEY = "gw-admin-test-key-0123456789abcdef"
-IRIS_ROW = {
-    "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"],
-    "data": [[5.1, 3.5, 1.4, 0.2]],
-}
-SCORE = {"dataframe_split": IRIS_ROW}
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+IRIS_ROW = IRIS_ONE_ROW["dataframe_split"]
+SCORE = IRIS_ONE_ROW
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def gateway(
 server: {{max_body_bytes: 4096}}
 auth:
   keys:
-    - {{id: analyst, sha256: "{sha(ANALYST_KEY)}", endpoints: ["iris*"]}}
+    - {{id: analyst, sha256: "{key_digest(ANALYST_KEY)}", endpoints: ["iris*"]}}
     - {{id: admin, key: "${{ADMIN_KEY}}", roles: [user, admin]}}
 endpoints:
   - name: iris
