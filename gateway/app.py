@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import os
@@ -35,7 +34,13 @@ from gateway.metrics import Metrics
 from gateway.reload import Reloader
 from gateway.router import Router
 from gateway.routes import DOCS_PATHS, ROUTES, Protocol
-from gateway.runtime import Runtime, RuntimeHolder, build_runtime, registry_moved
+from gateway.runtime import (
+    Runtime,
+    RuntimeHolder,
+    build_runtime,
+    freeze_loaded_objects,
+    registry_moved,
+)
 from gateway.state import GatewayState
 
 logger = logging.getLogger("gateway")
@@ -248,16 +253,6 @@ class GatewayApp:
             await runtime.aclose()
         await self.state.usage.aclose()  # drains the ledger's spool into its database
         await self.state.limiter.aclose()
-
-
-def freeze_loaded_objects() -> None:
-    """Exempt what is loaded now (models, libraries) from the cyclic garbage collector.
-
-    A loaded model is hundreds of thousands of objects that never become garbage; every full
-    collection walked them all, stalling every request in flight for 100-150 ms (measured).
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:

@@ -9,7 +9,6 @@ longer uses is closed after a grace period. Any failure leaves the old config se
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.config_file import LoadedConfig, load_config_file, parse_config
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.metrics import Metrics
-from gateway.runtime import Runtime, RuntimeHolder
+from gateway.runtime import Runtime, RuntimeHolder, freeze_loaded_objects
 
 if TYPE_CHECKING:
     from gateway.broadcast import ReloadBroadcast
@@ -114,11 +113,7 @@ class Reloader:
             logger.exception("building the new runtime failed")
             raise ConfigError([ConfigIssue("", f"{type(exc).__name__}: {exc}")]) from exc
         self._holder.current = new  # the swap: one reference, cannot fail
-        # Newly loaded models join the frozen generation; the old runtime's objects are
-        # unfrozen so that they can be collected once it retires.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        freeze_loaded_objects()
         changes = diff(old.loaded.config, new.loaded.config)
         logger.info("config %s applied (was %s): %s", loaded.version, old.loaded.version, changes)
         task = asyncio.create_task(_retire_later(old, new))

@@ -7,6 +7,7 @@ Building a snapshot may fail and then changes nothing; swapping one in cannot fa
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -332,6 +333,18 @@ def registry_moved(runtime: Runtime) -> list[str]:
             if resolved.load_uri not in serving:
                 moved.append(f"{spec.model} → {resolved.label}")
     return moved
+
+
+def freeze_loaded_objects() -> None:
+    """Exempt what is loaded now (models, libraries) from the cyclic garbage collector.
+
+    A loaded model is hundreds of thousands of objects that never become garbage; every full
+    collection walked them all, stalling every request in flight for 100-150 ms (measured).
+    Unfreezing first lets the objects of a retired runtime be collected after a reload.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class RuntimeHolder:
