@@ -1,47 +1,44 @@
 """The ASGI application: a pure-ASGI front (no middleware stack) over the route table.
 
 `GatewayApp` owns the runtime holder and the lifespan: on startup it loads the config's models in
-a background thread, so the process answers `/ready` (503) while they load.
+a background thread, so the process answers `/ready` (503) while they load. For each request it
+matches the route, checks the route's access (authenticating the caller once, here), runs the
+handler, and renders any `GatewayError` in the route's protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import math
 import os
 import signal
-from collections.abc import Callable, Coroutine
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from gateway import anthropic_format
-from gateway.config_file import LoadedConfig, load_config_file
+from gateway.config.loading import LoadedConfig, load_config_file
+from gateway.config.reload import Reloader
+from gateway.config.triggers import ReloadTriggers
 from gateway.errors import (
     ConfigError,
     ConfigIssue,
     EndpointNotFound,
     GatewayError,
     MethodNotAllowed,
-    render_mlflow,
-    render_openai,
+    PermissionDenied,
+    Protocol,
+    render,
+    render_stream_event,
 )
 from gateway.http import ClientDisconnected, Request, Response, StreamingResponse
 from gateway.limits import open_limiter
+from gateway.metering.metrics import Metrics
 from gateway.metering.recorder import UsageRecorder
-from gateway.metrics import Metrics
-from gateway.reload import Reloader
 from gateway.router import Router
-from gateway.routes import DOCS_PATHS, ROUTES, Protocol
-from gateway.runtime import (
-    Runtime,
-    RuntimeHolder,
-    build_runtime,
-    freeze_loaded_objects,
-    registry_moved,
-)
-from gateway.state import GatewayState
+from gateway.routes import DOCS_PATHS, ROUTES, OpenRoute, Route
+from gateway.runtime import Runtime, RuntimeHolder, build_runtime, freeze_loaded_objects
+from gateway.state import Caller, GatewayState
 
 logger = logging.getLogger("gateway")
 
@@ -62,14 +59,15 @@ class GatewayApp:
             return build_runtime(config, limiter=limiter, metrics=metrics, previous=previous)
 
         self._build = build
+        reloader = Reloader(self.holder, build, loaded.source, metrics)
         self.state = GatewayState(
             runtimes=self.holder,
             usage=UsageRecorder(metrics),
             metrics=metrics,
             limiter=limiter,
-            reloader=Reloader(self.holder, build, loaded.source, metrics),
+            reloader=reloader,
         )
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._triggers = ReloadTriggers(reloader, self.holder)
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
         self._docs_app: Any = None
@@ -97,7 +95,7 @@ class GatewayApp:
             if path in DOCS_PATHS:
                 await self._docs(scope, receive, send)
                 return
-            not_found = _error_response(EndpointNotFound(f"No route for {path}."), "mlflow", False)
+            not_found = self._error_response(EndpointNotFound(f"No route for {path}."), "mlflow")
             await not_found.send(send, [])
             return
         route, params = matched
@@ -109,22 +107,46 @@ class GatewayApp:
         try:
             if scope["method"] not in route.methods:
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
-            response = await route.handler(request, self.state)
+            if isinstance(route, OpenRoute):
+                response = await route.handler(request, self.state)
+            else:
+                caller = await self._authenticate(request, route)
+                response = await route.handler(request, self.state, caller)
         except GatewayError as error:
-            runtime = self.holder.current  # the setting of the config serving now
-            expose = runtime is not None and runtime.loaded.config.server.expose_stack_traces
-            response = _error_response(error, route.protocol, expose)
+            response = self._error_response(error, route.protocol)
         except ClientDisconnected:
             return
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], path)
-            response = _error_response(GatewayError("Internal error."), route.protocol, False)
+            response = self._error_response(GatewayError("Internal error."), route.protocol)
         if request.config_version:
             extra.append((CONFIG_VERSION, request.config_version.encode()))
         if isinstance(response, StreamingResponse):
+            response.error_event = functools.partial(
+                render_stream_event, protocol=route.protocol
+            )
             await response.send(send, extra, receive)
         else:
             await response.send(send, extra)
+
+    async def _authenticate(self, request: Request, route: Route) -> Caller:
+        """Who is calling (401 when nobody valid; 403 on an admin route without the role)."""
+        runtime = self.state.runtime_for(request)
+        principal = await runtime.keyring.authenticate(
+            request.header(b"authorization"), request.header(b"x-api-key")
+        )
+        if route.access == "admin" and "admin" not in principal.roles:
+            raise PermissionDenied(f"{principal.id!r} does not have the admin role.")
+        return Caller(runtime, principal)
+
+    def _error_response(self, error: GatewayError, protocol: Protocol) -> Response:
+        runtime = self.holder.current  # the setting of the config serving now
+        expose = runtime is not None and runtime.loaded.config.server.expose_stack_traces
+        body = render(error, protocol, expose_stack_traces=expose)
+        headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
+        if error.status == 429 and error.retry_after_s is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()))
+        return Response(error.status, body, headers=headers)
 
     async def _docs(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self._docs_app is None:
@@ -166,7 +188,7 @@ class GatewayApp:
         self.holder.current = runtime
         freeze_loaded_objects()
         self.state.reloader.activated(runtime)
-        self._watch_for_reloads()
+        self._triggers.start(self.loaded)
         self._warming = [asyncio.create_task(warm()) for warm in runtime.warm_ups()]
         logger.info(
             "ready: config version %s, endpoints: %s",
@@ -174,98 +196,17 @@ class GatewayApp:
             ", ".join(runtime.endpoints) or "(none)",
         )
 
-    def _watch_for_reloads(self) -> None:
-        """SIGHUP re-reads the config file; registry aliases are re-resolved every poll_s."""
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_quietly(None)))
-        self._spawn(self._poll_registry())
-        config = self.loaded.config
-        url = config.reload.broadcast or (
-            config.limits.store if config.limits.store.startswith("redis") else None
-        )
-        if url is not None:
-            from gateway.broadcast import ReloadBroadcast
-
-            async def follow(text: str) -> None:
-                with contextlib.suppress(ConfigError):
-                    await self.state.reloader.reload(text, broadcast=False)
-
-            broadcast = ReloadBroadcast(url, config.reload.channel, follow)
-            broadcast.start()
-            self.state.reloader.broadcast = broadcast
-        if config.reload.watch and self.loaded.source is not None:
-            self._spawn(self._watch_file(self.loaded.source))
-
-    async def _watch_file(self, path: Path) -> None:
-        """Re-read the file when it changes (mtime or size), checked every second."""
-
-        def signature() -> tuple[float, int] | None:
-            try:
-                stat = path.stat()
-            except OSError:
-                return None
-            return (stat.st_mtime, stat.st_size)
-
-        seen = signature()
-        while True:
-            await asyncio.sleep(1.0)
-            current = signature()
-            if current is not None and current != seen:
-                seen = current
-                await self._reload_quietly(None)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reload_quietly(self, text: str | None) -> None:
-        with contextlib.suppress(ConfigError):  # logged and kept on /admin/config
-            await self.state.reloader.reload(text)
-
-    async def _poll_registry(self) -> None:
-        """When an alias (or /latest) points to a new version, re-apply the running config:
-        the new version loads beside the old one, which serves until the swap."""
-        while True:
-            runtime = self.holder.get()
-            poll_s = runtime.loaded.config.registry.poll_s
-            if poll_s <= 0:
-                return
-            await asyncio.sleep(poll_s)
-            runtime = self.holder.get()
-            try:
-                moved = await asyncio.to_thread(registry_moved, runtime)
-            except Exception:
-                logger.warning("cannot poll the model registry", exc_info=True)
-                continue
-            if moved:
-                logger.info("registry aliases moved: %s", ", ".join(moved))
-                await self._reload_quietly(runtime.loaded.text)
-
     async def _shutdown(self) -> None:
-        for task in [self._loading, *self._warming, *self._tasks]:
+        for task in [self._loading, *self._warming]:
             if task is not None and not task.done():
                 task.cancel()
+        await self._triggers.aclose()
         await self.state.reloader.aclose()
         runtime = self.holder.current
         if runtime is not None:
             await runtime.aclose()
         await self.state.usage.aclose()  # drains the ledger's spool into its database
         await self.state.limiter.aclose()
-
-
-def _error_response(error: GatewayError, protocol: Protocol, expose: bool) -> Response:
-    if protocol == "openai":
-        body = render_openai(error)
-    elif protocol == "anthropic":
-        body = anthropic_format.error_body(error)
-    else:
-        body = render_mlflow(error, expose_stack_traces=expose)
-    headers = [(SERVED_MODEL, error.served_model.encode())] if error.served_model else []
-    if error.status == 429 and error.retry_after_s is not None:
-        headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()))
-    return Response(error.status, body, headers=headers)
 
 
 def create_app() -> GatewayApp:
@@ -278,8 +219,6 @@ def create_app() -> GatewayApp:
 
 def _stop_server_processes() -> None:
     """A config whose models cannot load must stop the server, not leave it unready forever."""
-    import signal
-
     if os.environ.get("GATEWAY_SUPERVISED") == "1":
         os.kill(os.getppid(), signal.SIGTERM)  # uvicorn's worker supervisor
     os.kill(os.getpid(), signal.SIGTERM)

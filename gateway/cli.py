@@ -9,8 +9,8 @@ import sys
 
 import orjson
 
-from gateway.auth import key_digest, new_key
-from gateway.config_file import load_config_file
+from gateway.auth.keys import key_digest, new_key
+from gateway.config.loading import load_config_file
 from gateway.errors import ConfigError
 
 
@@ -101,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(path: str) -> int:
-    from gateway.backends.mlflow_model import CustomEndpoint
+    from gateway.models.served import CustomEndpoint
     from gateway.runtime import build_runtime
 
     try:

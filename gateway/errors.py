@@ -1,18 +1,23 @@
 """One error hierarchy for the whole gateway, rendered in one place per protocol.
 
 Every failure a client can see is a `GatewayError` carrying its HTTP status and a protocol-neutral
-error code. The renderers at the bottom turn it into the body of the protocol the route speaks:
-MLflow's `{"error_code", "message"}` on invocation routes, OpenAI's `{"error": {...}}` on `/v1/*`.
+error code. `render` at the bottom turns it into the body of the protocol the route speaks:
+MLflow's `{"error_code", "message"}` on invocation, health and admin routes, OpenAI's
+`{"error": {...}}` on `/v1/*`, Anthropic's `{"type": "error", ...}` on `/v1/messages`; and
+`render_stream_event` into the event that ends a stream already under way.
 Foreign exceptions are translated into these classes at the boundary where they are caught
 (`raise ... from e`); nothing here guesses a status from message text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import orjson
+
+Protocol = Literal["mlflow", "openai", "anthropic"]
 
 
 class GatewayError(Exception):
@@ -28,12 +33,14 @@ class GatewayError(Exception):
         *,
         stack_trace: str | None = None,
         retry_after_s: float | None = None,
+        details: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.stack_trace = stack_trace
         self.retry_after_s = retry_after_s  # a 429's Retry-After; None: retrying will not help
         self.served_model: str | None = None  # set when a served model was already chosen
+        self.details = details or {}  # extra fields of the MLflow body (sqlstate, issues, ...)
 
 
 # --- client errors (4xx) -------------------------------------------------------------------------
@@ -51,6 +58,16 @@ class BadRequest(ClientError):
 
 class InvalidParameterValue(ClientError):
     error_code = "INVALID_PARAMETER_VALUE"
+
+
+class ConfigRefused(InvalidParameterValue):
+    """A config sent for reload that cannot be applied; the running config keeps serving."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(
+            "The config was refused; the running config keeps serving.",
+            details={"issues": [str(issue) for issue in error.issues]},
+        )
 
 
 class Unauthenticated(ClientError):
@@ -170,10 +187,10 @@ class ModelError(GatewayError):
         stack_trace: str | None = None,
         details: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message, stack_trace=stack_trace)
+        # details: MLflow's sqlstate and error_class, rendered as it does
+        super().__init__(message, stack_trace=stack_trace, details=details)
         self.status = status  # type: ignore[misc]  # per instance: MLflow decides it
         self.error_code = error_code  # type: ignore[misc]
-        self.details = details or {}  # MLflow's sqlstate and error_class, rendered as it does
 
 
 # --- config errors (never reach a client of the data plane) --------------------------------------
@@ -201,25 +218,63 @@ class ConfigError(Exception):
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def render_mlflow(error: GatewayError, *, expose_stack_traces: bool = False) -> bytes:
+def render(error: GatewayError, protocol: Protocol, *, expose_stack_traces: bool = False) -> bytes:
+    """The error body of `protocol`; the only place error bodies are made."""
+    if protocol == "openai":
+        return _openai_body(error)
+    if protocol == "anthropic":
+        return _anthropic_body(error)
+    return _mlflow_body(error, expose_stack_traces)
+
+
+def render_stream_event(error: GatewayError, protocol: Protocol) -> bytes:
+    """The server-sent event that ends a stream when `error` happens after its first byte.
+
+    Anthropic streams end with Anthropic's `error` event; every other stream is made of OpenAI
+    chunks (Databricks-style invocations of an LLM endpoint included), so it ends with an
+    OpenAI error object as its last `data:`.
+    """
+    if protocol == "anthropic":
+        return b"event: error\ndata: " + _anthropic_body(error) + b"\n\n"
+    return b"data: " + _openai_body(error) + b"\n\n"
+
+
+def _mlflow_body(error: GatewayError, expose_stack_traces: bool) -> bytes:
     """MLflow scoring-server shape: `{"error_code": ..., "message": ...}`."""
-    body: dict[str, str] = {"error_code": error.error_code, "message": error.message}
-    if isinstance(error, ModelError):
-        body.update(error.details)
+    body: dict[str, object] = {"error_code": error.error_code, "message": error.message}
+    body.update(error.details)
     if expose_stack_traces and error.stack_trace:
         body["stack_trace"] = error.stack_trace
     return orjson.dumps(body)
 
 
-def render_openai(error: GatewayError, *, param: str | None = None) -> bytes:
+def _openai_body(error: GatewayError) -> bytes:
     """OpenAI shape: `{"error": {"message", "type", "param", "code"}}`."""
     return orjson.dumps(
         {
             "error": {
                 "message": error.message,
                 "type": error.openai_type,
-                "param": param,
+                "param": None,
                 "code": error.error_code.lower(),
             }
         }
     )
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def _anthropic_body(error: GatewayError) -> bytes:
+    """Anthropic shape: `{"type": "error", "error": {"type", "message"}}`."""
+    kind = _ANTHROPIC_TYPES.get(error.status)
+    if kind is None:
+        kind = "invalid_request_error" if 400 <= error.status < 500 else "api_error"
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})

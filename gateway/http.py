@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import BadRequest, PayloadTooLarge
+import orjson
+
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 
 Headers = list[tuple[bytes, bytes]]
 JSON = b"application/json"
@@ -68,6 +70,17 @@ class Request:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """A body that must be a JSON object, or a 400 saying why it is not."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return document
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request was read; nothing is sent back."""
 
@@ -92,7 +105,11 @@ class Response:
 
 class StreamingResponse:
     """Sends `chunks` as they come; if the client disconnects, the chunk source is cancelled
-    (its `finally` blocks run, so an upstream stream is closed and its slot released)."""
+    (its `finally` blocks run, so an upstream stream is closed and its slot released).
+
+    A `GatewayError` raised by the source after the headers are sent cannot change the status:
+    `error_event` (set by the app, in the route's protocol) renders it as the stream's last event.
+    """
 
     def __init__(
         self,
@@ -106,6 +123,7 @@ class StreamingResponse:
         self.chunks = chunks
         self.content_type = content_type
         self.headers = headers or []
+        self.error_event: Callable[[GatewayError], bytes] | None = None
 
     async def send(self, send: Any, extra_headers: Headers, receive: Any) -> None:
         headers = [
@@ -132,8 +150,14 @@ class StreamingResponse:
             raise pump.exception()  # type: ignore[misc]
 
     async def _pump(self, send: Any) -> None:
-        async for chunk in self.chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except GatewayError as error:
+            if self.error_event is None:
+                raise
+            event = self.error_event(error)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

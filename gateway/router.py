@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.routes import Route
+from gateway.routes import AnyRoute
 
 
 class Router:
-    def __init__(self, routes: Iterable[Route]) -> None:
-        self._exact: dict[str, Route] = {}
-        self._patterns: list[tuple[list[str], Route]] = []
+    def __init__(self, routes: Iterable[AnyRoute]) -> None:
+        self._exact: dict[str, AnyRoute] = {}
+        self._patterns: list[tuple[list[str], AnyRoute]] = []
         for route in routes:
             if "{" in route.path:
                 self._patterns.append((route.path.strip("/").split("/"), route))
             else:
                 self._exact[route.path] = route
 
-    def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+    def match(self, path: str) -> tuple[AnyRoute, dict[str, str]] | None:
         route = self._exact.get(path)
         if route is not None:
             return route, {}

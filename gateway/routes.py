@@ -1,4 +1,9 @@
-"""The route table: path → handler and the protocol its errors speak. No logic lives here."""
+"""The route table: for each path, its handler, the protocol its errors speak and who may call it.
+
+No logic lives here. The app matches a path, then, before the handler runs, checks the route's
+access: `open` routes run as they are; `key` routes need a valid API key or JWT; `admin` routes
+need a principal with the admin role. Handlers of guarded routes receive the `Caller`.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,63 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.api import admin, anthropic, health, invocations, openai
+from gateway.errors import Protocol
 from gateway.http import Request, Response, StreamingResponse
-from gateway.state import GatewayState
+from gateway.state import Caller, GatewayState
 
-Handler = Callable[[Request, GatewayState], Awaitable[Response | StreamingResponse]]
-Protocol = Literal["mlflow", "openai", "anthropic"]
+Answer = Awaitable[Response | StreamingResponse]
+OpenHandler = Callable[[Request, GatewayState], Answer]
+GuardedHandler = Callable[[Request, GatewayState, Caller], Answer]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRoute:
+    """Answered for anyone who can reach the gateway (health checks, metrics)."""
+
+    path: str  # `{name}` matches one path segment
+    methods: frozenset[str]
+    handler: OpenHandler
+    protocol: Protocol = "mlflow"
+    access: Literal["open"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    path: str  # `{name}` matches one path segment
-    methods: frozenset[str]
-    handler: Handler
-    protocol: Protocol = "mlflow"
+    """Answered for an authenticated caller (`key`), or one with the admin role (`admin`)."""
 
+    path: str
+    methods: frozenset[str]
+    handler: GuardedHandler
+    protocol: Protocol = "mlflow"
+    access: Literal["key", "admin"] = "key"
+
+
+AnyRoute = OpenRoute | Route
 
 GET, POST = frozenset({"GET", "HEAD"}), frozenset({"POST"})
 
-ROUTES: tuple[Route, ...] = (
+ROUTES: tuple[AnyRoute, ...] = (
+    # MLflow scoring protocol (and OpenAI bodies on LLM endpoints, as Databricks serves them)
     Route("/invocations", POST, invocations.invoke_default),
     Route("/serving-endpoints/{name}/invocations", POST, invocations.invoke_named),
-    Route("/ping", GET, health.ping),
-    Route("/health", GET, health.ping),
-    Route("/live", GET, health.live),
-    Route("/ready", GET, health.ready),
-    Route("/version", GET, health.version),
+    # OpenAI and Anthropic
     Route("/v1/chat/completions", POST, openai.chat_completions, "openai"),
     Route("/v1/completions", POST, openai.completions, "openai"),
     Route("/v1/embeddings", POST, openai.embeddings, "openai"),
     Route("/v1/models", GET, openai.list_models, "openai"),
     Route("/v1/messages", POST, anthropic.messages, "anthropic"),
-    Route("/admin/usage/recent", GET, admin.recent_usage),
-    Route("/admin/usage", GET, admin.usage),
-    Route("/metrics", GET, admin.metrics),
-    Route("/admin/reload", POST, admin.reload),
-    Route("/admin/config", GET, admin.config),
+    # health
+    OpenRoute("/ping", GET, health.ping),
+    OpenRoute("/health", GET, health.ping),
+    OpenRoute("/live", GET, health.live),
+    OpenRoute("/ready", GET, health.ready),
+    OpenRoute("/version", GET, health.version),
+    # operations
+    OpenRoute("/metrics", GET, admin.metrics),
+    Route("/admin/usage/recent", GET, admin.recent_usage, access="admin"),
+    Route("/admin/usage", GET, admin.usage, access="admin"),
+    Route("/admin/reload", POST, admin.reload, access="admin"),
+    Route("/admin/config", GET, admin.config, access="admin"),
 )
 
 # Served by the (lazily built) documentation app.

@@ -11,44 +11,24 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.auth import KeyRing
-from gateway.backends.custom_chat import CustomChatBackend
-from gateway.backends.http_pool import SessionPool
-from gateway.backends.llm import LLMBackend
-from gateway.backends.mlflow_model import (
-    CustomEndpoint,
-    ReuseKey,
-    ServedModel,
-    load_served_model,
-)
-from gateway.backends.openai_compat import (
-    OPENAI_FORMAT_PROVIDERS,
-    OpenAICompatBackend,
-    Target,
-    azure_target,
-    openai_target,
-)
-from gateway.config import (
-    CustomEndpointConfig,
-    ExternalEndpointConfig,
-    FoundationEndpointConfig,
-    JWTConfig,
-    LLMEndpointConfig,
-)
-from gateway.config_file import LoadedConfig
+from gateway.auth.keys import KeyRing
+from gateway.config.loading import LoadedConfig
+from gateway.config.schema import CustomEndpointConfig, JWTConfig
 from gateway.errors import ConfigError, ConfigIssue, EndpointNotFound, NotReady
-from gateway.governance import Governor
 from gateway.limits import Limiter, MemoryLimiter, RuleBook
-from gateway.llm_endpoint import LLMEndpoint
-from gateway.metering.pricing import price_for
-from gateway.metrics import Metrics
+from gateway.limits.governor import Governor
+from gateway.llm.endpoint import LLMEndpoint
+from gateway.metering.metrics import Metrics
+from gateway.models.loading import discard_new, load_custom_endpoints
+from gateway.models.served import CustomEndpoint, ReuseKey, ServedModel
+from gateway.providers.custom_chat import CustomChatBackend
+from gateway.providers.http_pool import SessionPool
 
 if TYPE_CHECKING:
-    from gateway.jwt_auth import JWTVerifier
+    from gateway.auth.jwt import JWTVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +70,14 @@ class Runtime:
 
     def warm_ups(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Slow preparations that need not delay readiness (litellm's import)."""
-        warm_ups = [
-            warm
-            for endpoint in self.llm_endpoints.values()
-            if (warm := getattr(endpoint.backend, "warm_up", None)) is not None
-        ]
+        warm_ups = [endpoint.backend.warm_up for endpoint in self.llm_endpoints.values()]
         if self.keyring.jwt is not None:
             warm_ups.append(self.keyring.jwt.start)  # fetch the issuer's keys early
         return warm_ups
+
+    def serving_uris(self) -> set[str]:
+        """Where the loaded models came from: a moved registry alias points elsewhere."""
+        return {key[0] for key in self.served_models()}
 
     def served_models(self) -> dict[ReuseKey, ServedModel]:
         """The loaded models, by where they came from: what a reload may reuse."""
@@ -138,7 +118,12 @@ def build_runtime(
     """
     config = loaded.config
     reuse = previous.served_models() if previous is not None else {}
-    custom = _load_custom_endpoints(loaded, reuse)
+    custom = load_custom_endpoints(
+        config.endpoints,
+        base_dir=loaded.base_dir,
+        registry_uri=config.registry_uri,
+        reuse=reuse,
+    )
     # Upstream pools outlive config versions: a reload keeps its warm connections.
     sessions = previous.sessions if previous is not None else SessionPool()
     issues: list[ConfigIssue] = []
@@ -146,20 +131,12 @@ def build_runtime(
     llm: dict[str, LLMEndpoint] = {}
     for i, endpoint_config in enumerate(config.endpoints):
         if isinstance(endpoint_config, CustomEndpointConfig):
-            endpoint = custom[endpoint_config.name]
-            endpoints[endpoint.name] = endpoint
+            endpoint = endpoints[endpoint_config.name] = custom[endpoint_config.name]
             if endpoint.is_chat:
-                llm[endpoint.name] = LLMEndpoint(
-                    endpoint.name,
-                    "chat",
-                    CustomChatBackend(endpoint),
-                    price=None,
-                    timeout_s=300,
-                    retries=0,
-                )
+                llm[endpoint.name] = _chat_endpoint(endpoint)
             continue
         try:
-            built = _llm_endpoint(endpoint_config, sessions)
+            built = LLMEndpoint.from_config(endpoint_config, sessions)
         except ValueError as exc:
             issues.append(ConfigIssue(f"endpoints[{i}]", str(exc)))
             continue
@@ -171,7 +148,7 @@ def build_runtime(
         except ValueError as exc:
             issues.append(ConfigIssue("auth.jwt", str(exc)))
     if issues:
-        _discard_new(custom, reuse)
+        discard_new((m for e in custom.values() for m in e.served), reuse)
         raise ConfigError(issues)
 
     default = next(
@@ -197,142 +174,19 @@ def build_runtime(
     )
 
 
+def _chat_endpoint(endpoint: CustomEndpoint) -> LLMEndpoint:
+    """A custom endpoint whose models are all ChatModels, reachable as a chat endpoint too."""
+    return LLMEndpoint(
+        endpoint.name, "chat", CustomChatBackend(endpoint), price=None, timeout_s=300, retries=0
+    )
+
+
 def _jwt_verifier(config: JWTConfig, sessions: SessionPool) -> JWTVerifier:
-    from gateway.jwt_auth import JWTVerifier
+    from gateway.auth.jwt import JWTVerifier
 
     if config.jwks_url is None:
         return JWTVerifier(config)
     return JWTVerifier(config, http=functools.partial(sessions.session_for, config.jwks_url))
-
-
-def _discard_new(
-    custom: Mapping[str, CustomEndpoint], reuse: Mapping[ReuseKey, ServedModel]
-) -> None:
-    kept = {id(model) for model in reuse.values()}
-    for endpoint in custom.values():
-        for served in endpoint.served:
-            if id(served) not in kept:
-                served.discard()
-
-
-def _load_custom_endpoints(
-    loaded: LoadedConfig, reuse: Mapping[ReuseKey, ServedModel]
-) -> dict[str, CustomEndpoint]:
-    """Load every served model, in parallel threads; ConfigError lists every failure."""
-    config = loaded.config
-    jobs = [
-        (i, j, endpoint, served)
-        for i, endpoint in enumerate(config.endpoints)
-        if isinstance(endpoint, CustomEndpointConfig)
-        for j, served in enumerate(endpoint.served_models)
-    ]
-    results: dict[tuple[int, int], ServedModel] = {}
-    issues: list[ConfigIssue] = []
-    if jobs:
-        # Once, before the loader threads: concurrent first imports of MLflow's modules
-        # deadlock on Python's import locks.
-        import mlflow.pyfunc
-        import mlflow.tracking  # noqa: F401
-    with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
-        futures = {
-            (i, j): pool.submit(
-                load_served_model,
-                served,
-                endpoint,
-                base_dir=loaded.base_dir,
-                registry_uri=config.registry_uri,
-                reuse=reuse,
-            )
-            for i, j, endpoint, served in jobs
-        }
-        for (i, j), future in futures.items():
-            try:
-                results[(i, j)] = future.result()
-            except ValueError as exc:
-                issues.append(ConfigIssue(f"endpoints[{i}].served_models[{j}].model", str(exc)))
-    if issues:
-        kept = {id(model) for model in reuse.values()}
-        for model in results.values():
-            if id(model) not in kept:
-                model.discard()
-        raise ConfigError(issues)
-    return {
-        endpoint.name: CustomEndpoint(
-            endpoint.name,
-            [results[(i, j)] for j in range(len(endpoint.served_models))],
-            [served.traffic for served in endpoint.served_models],
-        )
-        for i, endpoint in enumerate(config.endpoints)
-        if isinstance(endpoint, CustomEndpointConfig)
-    }
-
-
-def _llm_endpoint(config: LLMEndpointConfig, sessions: SessionPool) -> LLMEndpoint:
-    return LLMEndpoint(
-        config.name,
-        config.task,
-        _llm_backend(config, sessions),
-        price=price_for(config),
-        timeout_s=config.timeout_s,
-        retries=config.retries,
-        fallbacks=config.fallbacks,
-        max_concurrent=config.provisioned.max_concurrent if config.provisioned else None,
-        queue_timeout_s=config.provisioned.queue_timeout_s if config.provisioned else 1.0,
-    )
-
-
-def _llm_backend(config: LLMEndpointConfig, sessions: SessionPool) -> LLMBackend:
-    if isinstance(config, FoundationEndpointConfig):
-        targets = [
-            openai_target(
-                f"{config.name}/{i}",
-                d.api_base,
-                d.model,
-                d.api_key.get_secret_value() if d.api_key else None,
-            )
-            for i, d in enumerate(config.deployments)
-        ]
-        return OpenAICompatBackend(targets, sessions, config.cooldown)
-    if config.provider in OPENAI_FORMAT_PROVIDERS:
-        return OpenAICompatBackend([_external_target(config)], sessions, config.cooldown)
-    from gateway.backends.external import LiteLLMBackend
-
-    return LiteLLMBackend(config)
-
-
-def _external_target(config: ExternalEndpointConfig) -> Target:
-    api_base = config.api_base or OPENAI_FORMAT_PROVIDERS[config.provider]
-    if api_base is None:
-        raise ValueError(f"provider {config.provider!r} needs an api_base")
-    key = config.api_key.get_secret_value() if config.api_key else None
-    label = f"{config.provider}/{config.model}"
-    if config.provider == "azure":
-        return azure_target(label, api_base, config.model, key, config.api_version)
-    return openai_target(label, api_base, config.model, key)
-
-
-def registry_moved(runtime: Runtime) -> list[str]:
-    """Registry models (`@alias`, `/latest`) that now resolve to another version (blocking)."""
-    from gateway.backends.mlflow_model import REGISTRY_SCHEME, resolve_model
-
-    config = runtime.loaded.config
-    serving = {
-        served.reuse_key[0] for served in runtime.served_models().values() if served.reuse_key
-    }
-    moved = []
-    for endpoint in config.endpoints:
-        if not isinstance(endpoint, CustomEndpointConfig):
-            continue
-        for spec in endpoint.served_models:
-            pinned = spec.model.rsplit("/", 1)[-1].isdigit()
-            if not spec.model.startswith(REGISTRY_SCHEME) or pinned:
-                continue
-            resolved = resolve_model(
-                spec.model, base_dir=runtime.loaded.base_dir, registry_uri=config.registry_uri
-            )
-            if resolved.load_uri not in serving:
-                moved.append(f"{spec.model} → {resolved.label}")
-    return moved
 
 
 def freeze_loaded_objects() -> None:

@@ -27,7 +27,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.auth import key_digest
+from gateway.auth.keys import key_digest
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import FakeUpstream, wait_until

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config_file import load_config_file, parse_config
+from gateway.config.loading import load_config_file, parse_config
 from gateway.errors import ConfigError
 from gateway.runtime import build_runtime
 

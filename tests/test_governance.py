@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import key_digest
+from gateway.auth.keys import key_digest
 from tests.gateway_process import (
     GatewayProcess,
     free_port,

@@ -20,9 +20,9 @@ import pytest
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, Key, RSAKey
 
-from gateway.config import JWTConfig
+from gateway.auth.jwt import CANNOT_FETCH, JWTVerifier, TokenIdentity, looks_like_jwt
+from gateway.config.schema import JWTConfig
 from gateway.errors import Unauthenticated
-from gateway.jwt_auth import CANNOT_FETCH, JWTVerifier, TokenIdentity, looks_like_jwt
 
 ISSUER = "https://idp.example.com/realms/main"
 AUDIENCE = "model-gateway"

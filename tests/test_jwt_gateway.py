@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.auth import key_digest
+from gateway.auth.keys import key_digest
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
 from tests.models import IRIS_ONE_ROW, TestModels
 from tests.test_jwt import AUDIENCE, EC, ISSUER, RSA, JWKSServer, mint

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from gateway.config import UsageConfig
+from gateway.config.schema import UsageConfig
 from gateway.metering.ledger import Ledger, UsageNotRecorded
 from gateway.metering.spool import SUFFIX, SpoolBusy
 from gateway.metering.stores.schema import encode

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pytest
 import redis
 
-from gateway.config import (
+from gateway.config.schema import (
     AuthConfig,
     BudgetConfig,
     CustomEndpointConfig,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import key_digest
+from gateway.auth.keys import key_digest
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
 from tests.models import IRIS_ONE_ROW, TestModels, register_versions

@@ -1,4 +1,5 @@
-"""Admin routes (role `admin`): usage from the ledger and the latest events in memory."""
+"""Admin routes (role `admin`, checked by the app): usage from the ledger, the latest events in
+memory, config reloads and the active config; and `/metrics`, open by default."""
 
 from __future__ import annotations
 
@@ -6,21 +7,13 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from gateway.auth import Principal
-from gateway.errors import BadRequest, ConfigError, NotReady, PermissionDenied
+from gateway.config.reload import Applied, redacted
+from gateway.errors import BadRequest, ConfigError, ConfigRefused, NotReady
 from gateway.http import Request, Response
 from gateway.metering.query import UsageQuery
 from gateway.metering.report import to_csv, to_table
 from gateway.metering.stores import StoreError
-from gateway.reload import Applied, redacted
-from gateway.state import GatewayState
-
-
-async def _admin(request: Request, state: GatewayState) -> Principal:
-    _, principal = await state.caller(request)
-    if "admin" not in principal.roles:
-        raise PermissionDenied(f"{principal.id!r} does not have the admin role.")
-    return principal
+from gateway.state import Caller, GatewayState
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -28,8 +21,7 @@ def _query(request: Request) -> dict[str, str]:
     return {name: values[-1] for name, values in parsed.items()}
 
 
-async def recent_usage(request: Request, state: GatewayState) -> Response:
-    await _admin(request, state)
+async def recent_usage(request: Request, state: GatewayState, caller: Caller) -> Response:
     limit = _query(request).get("limit", "100")
     if not limit.isdigit():
         raise BadRequest("'limit' must be a non-negative integer.")
@@ -37,9 +29,8 @@ async def recent_usage(request: Request, state: GatewayState) -> Response:
     return Response(200, orjson.dumps({"data": events}))
 
 
-async def usage(request: Request, state: GatewayState) -> Response:
-    """`GET /admin/usage?since=&until=&group_by=principal,endpoint,day&format=json|csv`."""
-    await _admin(request, state)
+async def usage(request: Request, state: GatewayState, caller: Caller) -> Response:
+    """`GET /admin/usage?since=&until=&group_by=principal,endpoint,day&format=json|csv|table`."""
     params = _query(request)
     query = UsageQuery.parse(
         params.get("since"), params.get("until"), params.get("group_by"), params.get("format")
@@ -59,7 +50,7 @@ async def usage(request: Request, state: GatewayState) -> Response:
 
 
 async def metrics(request: Request, state: GatewayState) -> Response:
-    """Prometheus exposition; open like every health route (labels hold no secrets)."""
+    """Prometheus exposition; open like the health routes (labels hold no secrets)."""
     ledger = state.usage.ledger
     if ledger is not None:
         stats = ledger.stats()
@@ -68,32 +59,20 @@ async def metrics(request: Request, state: GatewayState) -> Response:
     return Response(200, state.metrics.exposition(), content_type=b"text/plain; version=0.0.4")
 
 
-async def reload(request: Request, state: GatewayState) -> Response:
+async def reload(request: Request, state: GatewayState, caller: Caller) -> Response:
     """`POST /admin/reload`: re-read the config file, or apply the YAML sent as the body."""
-    await _admin(request, state)
-    body = await request.body(state.runtimes.get().loaded.config.server.max_body_bytes)
+    body = await request.body(caller.runtime.loaded.config.server.max_body_bytes)
     text = body.decode("utf-8", "replace") if body.strip() else None
     try:
         applied = await state.reloader.reload(text)
     except ConfigError as exc:
-        issues = [str(issue) for issue in exc.issues]
-        return Response(
-            400,
-            orjson.dumps(
-                {
-                    "error_code": "INVALID_PARAMETER_VALUE",
-                    "message": "The config was refused; the running config keeps serving.",
-                    "issues": issues,
-                }
-            ),
-        )
+        raise ConfigRefused(exc) from exc
     return Response(200, orjson.dumps({"applied": True, **_applied(applied)}))
 
 
-async def config(request: Request, state: GatewayState) -> Response:
+async def config(request: Request, state: GatewayState, caller: Caller) -> Response:
     """`GET /admin/config`: the active version, the last reload's outcome, the redacted config."""
-    await _admin(request, state)
-    runtime = state.runtime_for(request)
+    runtime = caller.runtime
     reload_state = state.reloader.state
     body = {
         "version": runtime.loaded.version,

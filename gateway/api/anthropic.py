@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import orjson
 
-from gateway import anthropic_format
-from gateway.api.llm_calls import call_llm_endpoint, model_call
 from gateway.http import Request, Response, StreamingResponse
-from gateway.state import GatewayState
+from gateway.llm import anthropic
+from gateway.llm.pipeline import call_llm_endpoint, model_call
+from gateway.state import Caller, GatewayState
 
 
-async def messages(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    runtime, principal, endpoint, body = await model_call(request, state)
-    openai_body = anthropic_format.to_openai_request(body)
+async def messages(
+    request: Request, state: GatewayState, caller: Caller
+) -> Response | StreamingResponse:
+    endpoint, body = await model_call(request, caller)
+    openai_body = anthropic.to_openai_request(body)
     if openai_body.get("stream"):
         openai_body["stream_options"] = {"include_usage": True}  # Anthropic streams carry usage
-    answer = await call_llm_endpoint(
-        request, state, runtime, principal, endpoint, "chat", openai_body
-    )
+    answer = await call_llm_endpoint(request, state, caller, endpoint, "chat", openai_body)
     if isinstance(answer, StreamingResponse):
-        answer.chunks = anthropic_format.to_anthropic_events(answer.chunks, endpoint.name)
+        answer.chunks = anthropic.to_anthropic_events(answer.chunks, endpoint.name)
         return answer
-    translated = anthropic_format.to_anthropic_response(orjson.loads(answer.body), endpoint.name)
+    translated = anthropic.to_anthropic_response(orjson.loads(answer.body), endpoint.name)
     return Response(answer.status, orjson.dumps(translated), headers=answer.headers)

@@ -7,33 +7,39 @@ from typing import Any
 
 import orjson
 
-from gateway.api.llm_calls import call_llm_endpoint, model_call
-from gateway.config import Task
+from gateway.config.schema import Task
 from gateway.http import Request, Response, StreamingResponse
-from gateway.state import GatewayState
+from gateway.llm.pipeline import call_llm_endpoint, model_call
+from gateway.state import Caller, GatewayState
 
 
-async def chat_completions(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    return await _by_model(request, state, "chat")
+async def chat_completions(
+    request: Request, state: GatewayState, caller: Caller
+) -> Response | StreamingResponse:
+    return await _by_model(request, state, caller, "chat")
 
 
-async def completions(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    return await _by_model(request, state, "completions")
+async def completions(
+    request: Request, state: GatewayState, caller: Caller
+) -> Response | StreamingResponse:
+    return await _by_model(request, state, caller, "completions")
 
 
-async def embeddings(request: Request, state: GatewayState) -> Response | StreamingResponse:
-    return await _by_model(request, state, "embeddings")
+async def embeddings(
+    request: Request, state: GatewayState, caller: Caller
+) -> Response | StreamingResponse:
+    return await _by_model(request, state, caller, "embeddings")
 
 
 async def _by_model(
-    request: Request, state: GatewayState, task: Task
+    request: Request, state: GatewayState, caller: Caller, task: Task
 ) -> Response | StreamingResponse:
-    runtime, principal, endpoint, body = await model_call(request, state)
-    return await call_llm_endpoint(request, state, runtime, principal, endpoint, task, body)
+    endpoint, body = await model_call(request, caller)
+    return await call_llm_endpoint(request, state, caller, endpoint, task, body)
 
 
-async def list_models(request: Request, state: GatewayState) -> Response:
-    runtime, principal = await state.caller(request)
+async def list_models(request: Request, state: GatewayState, caller: Caller) -> Response:
+    runtime = caller.runtime
     created = int(runtime.loaded_at)
     models: list[dict[str, Any]] = [
         {
@@ -44,6 +50,6 @@ async def list_models(request: Request, state: GatewayState) -> Response:
             "task": endpoint.task,
         }
         for name, endpoint in runtime.llm_endpoints.items()
-        if principal.may_call(name)
+        if caller.principal.may_call(name)
     ]
     return Response(200, orjson.dumps({"object": "list", "data": models}))

@@ -49,7 +49,7 @@ from gateway.limits.rules import (
 )
 
 if TYPE_CHECKING:
-    from gateway.config import LimitsStoreConfig
+    from gateway.config.schema import LimitsStoreConfig
 
 __all__ = [
     "LimitError",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from gateway.limits.base import Rule, RuleKind
 
 if TYPE_CHECKING:
-    from gateway.config import BudgetConfig, GatewayConfig, LimitsConfig
+    from gateway.config.schema import BudgetConfig, GatewayConfig, LimitsConfig
 
 # LimitsConfig field -> (kind, window in seconds)
 _RATE_FIELDS: tuple[tuple[str, RuleKind, float], ...] = (

@@ -29,7 +29,7 @@ from gateway.metering.stores.schema import encode as encode_event
 from gateway.metering.usage import UsageEvent
 
 if TYPE_CHECKING:
-    from gateway.config import UsageConfig
+    from gateway.config.schema import UsageConfig
 
 log = logging.getLogger("gateway.ledger")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from gateway.config import ExternalEndpointConfig, LLMEndpointConfig
+from gateway.config.schema import ExternalEndpointConfig, LLMEndpointConfig
 from gateway.metering.usage import Price
 
 _COST_MAP_FILE = "model_prices_and_context_window_backup.json"

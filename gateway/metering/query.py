@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast, get_args
 
-from gateway.config import UsageConfig
+from gateway.config.schema import UsageConfig
 from gateway.errors import BadRequest
 from gateway.metering.stores import Store, open_store, sqlite_path
 from gateway.metering.stores.schema import GroupBy

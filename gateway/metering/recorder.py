@@ -1,20 +1,24 @@
 """Where each request's usage event goes: recent memory, metrics, and the durable ledger.
 
-`record` returns once the event is durable (fsynced to the ledger's spool), so a handler that
-awaits it before acknowledging a request never acknowledges one whose usage could be lost.
+`record` returns once the event is in the ledger's spool (written, or fsynced with
+`usage.durability: fsync`), so a handler that awaits it before acknowledging a request never
+acknowledges one whose usage could be lost with the process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from gateway.auth import Principal
-from gateway.config import UsageConfig
+from gateway.auth.keys import Principal
+from gateway.config.schema import UsageConfig
 from gateway.metering.ledger import Ledger
+from gateway.metering.metrics import Metrics
 from gateway.metering.spool import SpoolBusy
 from gateway.metering.usage import RecentUsage, UsageEvent
-from gateway.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,16 @@ class UsageRecorder:
         self.recent = RecentUsage()
         self.metrics = metrics
         self.ledger: Ledger | None = None
+        # Endings of calls whose client left: they must finish (settle, record) regardless,
+        # and the loop keeps only weak references to tasks.
+        self._endings: set[asyncio.Task[None]] = set()
+
+    def keep(self, ending: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `ending` as a task that nobody's cancellation stops; `aclose` waits for it."""
+        task = asyncio.ensure_future(ending)
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+        return task
 
     async def open_ledger(self, config: UsageConfig, base_dir: Path) -> None:
         """Start the ledger on the first free worker spool (`spool_dir/worker-N`).
@@ -53,5 +67,7 @@ class UsageRecorder:
             await self.ledger.record(event)
 
     async def aclose(self) -> None:
+        if self._endings:
+            await asyncio.gather(*self._endings, return_exceptions=True)
         if self.ledger is not None:
             await self.ledger.aclose()

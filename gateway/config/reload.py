@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import GatewayConfig
-from gateway.config_file import LoadedConfig, load_config_file, parse_config
+from gateway.config.loading import LoadedConfig, load_config_file, parse_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError, ConfigIssue
-from gateway.metrics import Metrics
+from gateway.metering.metrics import Metrics
 from gateway.runtime import Runtime, RuntimeHolder, freeze_loaded_objects
 
 if TYPE_CHECKING:
-    from gateway.broadcast import ReloadBroadcast
+    from gateway.config.broadcast import ReloadBroadcast
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,13 @@
-"""What every LLM backend takes and gives back, whatever wire format it speaks upstream.
-
-A backend makes ONE attempt per call (retries and fallbacks are layered above it, in
-`gateway/llm_routing.py`), and always answers in OpenAI's wire format: a JSON body for
-non-streaming calls, complete SSE events (`data: {...}\\n\\n`) for streaming ones.
-"""
+"""What an LLM call is and what a backend gives back (see `gateway/providers/base.py`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from gateway.config import Task
+from gateway.config.schema import Task
 from gateway.metering.usage import TokenUsage
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -57,11 +52,3 @@ def plus_upstream_ms(answer: Answer, ms: float) -> Answer:
     """`answer` with `ms` more upstream time: the failed attempts (and backoff) before it were
     spent waiting on upstreams, which the gateway's overhead figure must not count."""
     return dataclasses.replace(answer, upstream_ms=answer.upstream_ms + ms) if ms else answer
-
-
-class LLMBackend(Protocol):
-    async def complete(self, request: LLMRequest, timeout_s: float) -> Completed: ...
-
-    async def open_stream(self, request: LLMRequest, timeout_s: float) -> Streaming: ...
-
-    async def aclose(self) -> None: ...

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadRequest, GatewayError
-from gateway.sse import event_data
+from gateway.errors import BadRequest, UpstreamError
+from gateway.llm.sse import event_data
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -177,19 +177,6 @@ def _message_id(completion: dict[str, Any]) -> str:
     return upstream if upstream.startswith("msg_") else f"msg_{upstream}"
 
 
-def error_body(error: GatewayError) -> bytes:
-    kinds = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        413: "request_too_large",
-        429: "rate_limit_error",
-    }
-    kind = kinds.get(error.status, "api_error")
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
-
-
 # --- streaming ------------------------------------------------------------------------------------
 
 
@@ -225,12 +212,10 @@ async def _anthropic_events(
         if data is None or data == b"[DONE]":
             continue
         chunk = orjson.loads(data)
-        if "error" in chunk and "choices" not in chunk:
-            yield _sse(
-                "error",
-                {"error": {"type": "api_error", "message": chunk["error"].get("message", "")}},
-            )
-            return
+        if "error" in chunk and "choices" not in chunk:  # the upstream's own mid-stream error
+            error = chunk["error"]
+            message = error.get("message", "") if isinstance(error, dict) else str(error)
+            raise UpstreamError(f"The upstream failed mid-stream: {message}")
         if not started:
             started = True
             yield _sse(

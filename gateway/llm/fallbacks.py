@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gateway.backends.llm import Answer, Completed, LLMRequest, Streaming, plus_upstream_ms
 from gateway.errors import CapacityFull, UpstreamError
-from gateway.llm_endpoint import LLMEndpoint
+from gateway.llm.endpoint import LLMEndpoint
+from gateway.llm.types import Answer, Completed, LLMRequest, Streaming, plus_upstream_ms
 
 Result = TypeVar("Result")
 

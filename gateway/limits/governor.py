@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.auth import Principal
+from gateway.auth.keys import Principal
 from gateway.errors import BudgetExceeded, NotReady, RateLimited
 from gateway.limits import Limiter, LimitExceeded, LimitStoreUnavailable, Reservation, RuleBook
-from gateway.metrics import Metrics
+from gateway.metering.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from gateway.backends import scoring
-from gateway.backends.llm import DONE_EVENT, Completed, LLMRequest, Streaming
-from gateway.backends.mlflow_model import CustomEndpoint
-from gateway.backends.openai_compat import usage_from_body
 from gateway.errors import BadRequest
+from gateway.llm.types import DONE_EVENT, Completed, LLMRequest, Streaming
+from gateway.models import scoring
+from gateway.models.served import CustomEndpoint
+from gateway.providers.openai_compat import usage_from_body
 
 # Fields of an OpenAI request that are the gateway's business, not the model's.
 _GATEWAY_FIELDS = frozenset({"model", "stream", "stream_options", "user"})
@@ -50,6 +50,12 @@ class CustomChatBackend:
             yield DONE_EVENT
 
         return Streaming(events(), completed.served, completed.upstream_ms)
+
+    async def warm_up(self) -> None:
+        """The models were warmed on their input example when they loaded."""
+
+    def describe(self) -> dict[str, object]:
+        return {"served_models": self._endpoint.describe()}
 
     async def aclose(self) -> None:
         """The models belong to the custom endpoint."""

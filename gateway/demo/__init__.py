@@ -3,10 +3,9 @@ MLflow, with a signature and an input example, under `demo/models/iris` (git-ign
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "models" / "iris"
+DEMO_DIR = Path(__file__).resolve().parents[2] / "demo" / "models" / "iris"
 
 
 def train_demo_model(target: Path = DEMO_DIR) -> Path:
@@ -27,7 +26,3 @@ def train_demo_model(target: Path = DEMO_DIR) -> Path:
         input_example=features.head(2),
     )
     return target
-
-
-if __name__ == "__main__":
-    print(f"demo model at {train_demo_model()}", file=sys.stderr)

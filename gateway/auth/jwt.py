@@ -41,7 +41,7 @@ from joserfc.errors import (
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 from joserfc.jws import JWSRegistry
 
-from gateway.config import JWTConfig
+from gateway.config.schema import JWTConfig
 from gateway.errors import Unauthenticated
 
 logger = logging.getLogger(__name__)

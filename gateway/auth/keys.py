@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import TYPE_CHECKING, Literal
 
-from gateway.config import AuthConfig, GroupConfig, KeyConfig
+from gateway.config.schema import AuthConfig, GroupConfig, KeyConfig
 from gateway.errors import PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
-    from gateway.jwt_auth import JWTVerifier
+    from gateway.auth.jwt import JWTVerifier
 
 KEY_PREFIX = "gw-"
 MATCH_NOTHING = re.compile("(?!)")
@@ -143,7 +143,7 @@ class KeyRing:
                 "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             )
         if self.jwt is not None and presented.count(b".") == 2:
-            from gateway.jwt_auth import looks_like_jwt
+            from gateway.auth.jwt import looks_like_jwt
 
             if looks_like_jwt(presented):
                 return await self._jwt_principal(presented)

@@ -16,9 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backends.llm import DONE_EVENT, Completed, LLMRequest, Streaming
-from gateway.backends.openai_compat import usage_from
-from gateway.config import ExternalEndpointConfig
+from gateway.config.schema import ExternalEndpointConfig
 from gateway.errors import (
     GatewayError,
     UpstreamError,
@@ -26,6 +24,8 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from gateway.llm.types import DONE_EVENT, Completed, LLMRequest, Streaming
+from gateway.providers.openai_compat import usage_from
 
 # Request fields the gateway handles itself.
 _OWN_FIELDS = frozenset({"model", "stream", "stream_options"})
@@ -146,6 +146,9 @@ class LiteLLMBackend:
         ):
             return UpstreamError(message)
         return UpstreamRejected(message, status=status)
+
+    def describe(self) -> dict[str, object]:
+        return {"provider": "litellm", "ready": self._litellm is not None}
 
     async def aclose(self) -> None:
         """litellm owns its HTTP clients."""

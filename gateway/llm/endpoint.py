@@ -1,7 +1,7 @@
 """An LLM endpoint: a backend plus the endpoint's policy (timeout, retries, capacity, price).
 
-Sending is layered, one concern per function: fallbacks (`llm_routing.py`) → retries (here) →
-one attempt (the backend) → transport (aiohttp or litellm).
+Sending is layered, one concern per function: fallbacks (`fallbacks.py`) → retries (here) →
+one attempt (the backend, `gateway/providers/`) → transport (aiohttp or litellm).
 """
 
 from __future__ import annotations
@@ -11,22 +11,19 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.backends.llm import (
-    Answer,
-    Completed,
-    LLMBackend,
-    LLMRequest,
-    Streaming,
-    plus_upstream_ms,
-)
-from gateway.config import Task
+from gateway.config.schema import LLMEndpointConfig, Task
 from gateway.errors import (
     CapacityFull,
     UpstreamCredentialsRefused,
     UpstreamError,
     UpstreamRateLimited,
 )
+from gateway.llm.types import Answer, Completed, LLMRequest, Streaming, plus_upstream_ms
+from gateway.metering.pricing import price_for
 from gateway.metering.usage import Price
+from gateway.providers import backend_for
+from gateway.providers.base import LLMBackend
+from gateway.providers.http_pool import SessionPool
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
@@ -59,12 +56,24 @@ class LLMEndpoint:
         self._capacity = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._queue_timeout_s = queue_timeout_s
 
+    @classmethod
+    def from_config(cls, config: LLMEndpointConfig, sessions: SessionPool) -> LLMEndpoint:
+        """ValueError when the config cannot be served (a provider that needs an api_base)."""
+        provisioned = config.provisioned
+        return cls(
+            config.name,
+            config.task,
+            backend_for(config, sessions),
+            price=price_for(config),
+            timeout_s=config.timeout_s,
+            retries=config.retries,
+            fallbacks=config.fallbacks,
+            max_concurrent=provisioned.max_concurrent if provisioned else None,
+            queue_timeout_s=provisioned.queue_timeout_s if provisioned else 1.0,
+        )
+
     def describe(self) -> dict[str, object]:
-        description: dict[str, object] = {"task": self.task, "fallbacks": list(self.fallbacks)}
-        cooled = getattr(self.backend, "cooled_down", None)
-        if cooled is not None:
-            description["cooled_down"] = cooled()
-        return description
+        return {"task": self.task, "fallbacks": list(self.fallbacks), **self.backend.describe()}
 
     async def _acquire(self) -> Callable[[], Awaitable[None]]:
         """A provisioned-capacity slot, held for the whole call (a stream's until it ends)."""

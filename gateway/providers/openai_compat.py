@@ -16,10 +16,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import SecretStr
 
-from gateway.backends.http_pool import SessionPool
-from gateway.backends.llm import Completed, LLMRequest, Streaming
-from gateway.config import CooldownConfig, Task
+from gateway.config.schema import (
+    CooldownConfig,
+    ExternalEndpointConfig,
+    FoundationEndpointConfig,
+    Task,
+)
 from gateway.errors import (
     UpstreamCredentialsRefused,
     UpstreamError,
@@ -27,8 +31,11 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from gateway.llm.sse import sse_events
+from gateway.llm.types import Completed, LLMRequest, Streaming
 from gateway.metering.usage import TokenUsage
-from gateway.sse import sse_events
+from gateway.providers.base import ProviderFactory
+from gateway.providers.http_pool import SessionPool
 
 TASK_PATHS: dict[Task, str] = {
     "chat": "/chat/completions",
@@ -36,20 +43,6 @@ TASK_PATHS: dict[Task, str] = {
     "embeddings": "/embeddings",
 }
 
-# Hosted providers whose API is OpenAI's wire format, by their default base URL.
-OPENAI_FORMAT_PROVIDERS: dict[str, str | None] = {
-    "openai": "https://api.openai.com/v1",
-    "azure": None,  # needs api_base (https://NAME.openai.azure.com)
-    "mistral": "https://api.mistral.ai/v1",
-    "groq": "https://api.groq.com/openai/v1",
-    "together_ai": "https://api.together.xyz/v1",
-    "fireworks_ai": "https://api.fireworks.ai/inference/v1",
-    "deepseek": "https://api.deepseek.com/v1",
-    "perplexity": "https://api.perplexity.ai",
-    "openrouter": "https://openrouter.ai/api/v1",
-    "xai": "https://api.x.ai/v1",
-    "openai_compatible": None,  # any other OpenAI-format server: needs api_base
-}
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
 SSE_CONTENT_TYPE = "text/event-stream"
 
@@ -62,6 +55,47 @@ class Target:
     urls: dict[Task, str]
     headers: dict[str, str]
     model: str | None  # None: the URL names the model (Azure deployments)
+
+
+def foundation_backend(
+    config: FoundationEndpointConfig, sessions: SessionPool
+) -> OpenAICompatBackend:
+    """A self-hosted model's replicas (vLLM, TGI, Ollama, ...), balanced by in-flight calls."""
+    targets = [
+        openai_target(f"{config.name}/{i}", d.api_base, d.model, _secret(d.api_key))
+        for i, d in enumerate(config.deployments)
+    ]
+    return OpenAICompatBackend(targets, sessions, config.cooldown)
+
+
+def hosted_backend(default_api_base: str | None) -> ProviderFactory:
+    """A hosted provider whose API is OpenAI's wire format, at `default_api_base` unless the
+    endpoint sets `api_base` (None: it must)."""
+
+    def build(config: ExternalEndpointConfig, sessions: SessionPool) -> OpenAICompatBackend:
+        api_base = config.api_base or default_api_base
+        if api_base is None:
+            raise ValueError(f"provider {config.provider!r} needs an api_base")
+        label = f"{config.provider}/{config.model}"
+        target = openai_target(label, api_base, config.model, _secret(config.api_key))
+        return OpenAICompatBackend([target], sessions, config.cooldown)
+
+    return build
+
+
+def azure_backend(config: ExternalEndpointConfig, sessions: SessionPool) -> OpenAICompatBackend:
+    """Azure OpenAI: the deployment is in the URL, the key in `api-key`."""
+    if config.api_base is None:
+        raise ValueError("provider 'azure' needs an api_base")  # https://NAME.openai.azure.com
+    label = f"{config.provider}/{config.model}"
+    target = azure_target(
+        label, config.api_base, config.model, _secret(config.api_key), config.api_version
+    )
+    return OpenAICompatBackend([target], sessions, config.cooldown)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def openai_target(label: str, api_base: str, model: str, api_key: str | None) -> Target:
@@ -127,9 +161,12 @@ class OpenAICompatBackend:
             deployment.failures = 0
             deployment.cooled_until = time.monotonic() + self._cooldown.seconds
 
-    def cooled_down(self) -> list[str]:
+    def describe(self) -> dict[str, object]:
         now = time.monotonic()
-        return [d.target.label for d in self._deployments if d.cooled_until > now]
+        return {"cooled_down": [d.target.label for d in self._deployments if d.cooled_until > now]}
+
+    async def warm_up(self) -> None:
+        """Nothing to prepare: pools connect on first use."""
 
     # --- calls ---------------------------------------------------------------------------------
 

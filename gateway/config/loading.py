@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gateway.config import GatewayConfig
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError, ConfigIssue
 
 # `$${` is an escaped literal `${`; otherwise `${NAME}` or `${NAME:-default}`.

@@ -1,0 +1,193 @@
+"""One LLM call, whatever route it came by: validate, admit, route (with fallbacks), relay, meter.
+
+Non-streaming answers are relayed as the upstream sent them; streams go through `relay.py`.
+Every call that was admitted ends in exactly one settled reservation and one usage event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from gateway.config.schema import Task
+from gateway.errors import BadRequest, GatewayError
+from gateway.http import (
+    ClientDisconnected,
+    Request,
+    Response,
+    StreamingResponse,
+    json_object,
+    wait_for_disconnect,
+)
+from gateway.llm import fallbacks
+from gateway.llm.endpoint import LLMEndpoint
+from gateway.llm.relay import CLIENT_CLOSED, estimate_usage, prompt_texts, relay
+from gateway.llm.types import LLMRequest
+from gateway.metering.meter import Meter
+from gateway.metering.usage import TokenUsage
+from gateway.state import Caller, GatewayState
+
+SERVED_MODEL = b"x-served-model"
+OVERHEAD = b"x-gateway-overhead-ms"
+DISCONNECT_WATCH_AFTER_S = 0.05
+
+Result = TypeVar("Result")
+
+
+async def model_call(request: Request, caller: Caller) -> tuple[LLMEndpoint, dict[str, Any]]:
+    """Which endpoint a body that names its `model` calls, and the body (403 if not allowed)."""
+    runtime = caller.runtime
+    body = json_object(await request.body(runtime.loaded.config.server.max_body_bytes))
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required: the name of the endpoint to call.")
+    endpoint = runtime.llm_endpoint(model)
+    runtime.keyring.authorize(caller.principal, endpoint.name)
+    return endpoint, body
+
+
+def validate(task: Task, endpoint: LLMEndpoint, body: dict[str, Any]) -> LLMRequest:
+    if endpoint.task != task:
+        raise BadRequest(
+            f"Endpoint {endpoint.name!r} serves {endpoint.task}, not {task}: call its own route."
+        )
+    required = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[task]
+    value = body.get(required)
+    if value is None or (isinstance(value, (list, str)) and not value and task == "chat"):
+        raise BadRequest(f"'{required}' is required.")
+    if task == "chat" and not (
+        isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
+    ):
+        raise BadRequest("'messages' must be a list of objects with a 'role'.")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.")
+    if stream and task == "embeddings":
+        raise BadRequest("Embeddings cannot be streamed.")
+    for field in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(field)
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise BadRequest(f"'{field}' must be a positive integer.")
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return LLMRequest(task=task, body=body, stream=stream, client_wants_usage=wants_usage)
+
+
+async def call_llm_endpoint(
+    request: Request,
+    state: GatewayState,
+    caller: Caller,
+    endpoint: LLMEndpoint,
+    task: Task,
+    body: dict[str, Any],
+) -> Response | StreamingResponse:
+    runtime = caller.runtime
+    llm_request = validate(task, endpoint, body)
+    meter = Meter(
+        request, state.usage, runtime.governor, caller.principal, endpoint.name, endpoint.price
+    )
+    default_max_tokens = runtime.loaded.config.limits.default_max_tokens
+    try:
+        await meter.admit(lambda: worst_case(llm_request, endpoint, default_max_tokens))
+        if llm_request.stream:
+            routed_stream = await _unless_client_leaves(
+                request, fallbacks.open_stream(endpoint, runtime.llm_endpoints, llm_request)
+            )
+        else:
+            routed = await _unless_client_leaves(
+                request, fallbacks.complete(endpoint, runtime.llm_endpoints, llm_request)
+            )
+    except GatewayError as error:
+        await meter.finish(error.status)
+        raise
+    except ClientDisconnected:
+        await meter.finish(CLIENT_CLOSED)
+        raise
+    if not llm_request.stream:
+        completed = routed.result
+        meter.served(completed.served, endpoint=routed.endpoint.name, price=routed.endpoint.price)
+        usage = completed.usage or await estimate_usage(llm_request, completed.body)
+        overhead = meter.overhead_ms(completed.upstream_ms)
+        await meter.finish(200, usage=usage, overhead_ms=overhead)  # on record before answered
+        return Response(200, completed.body, headers=_headers(meter, overhead))
+    streaming = routed_stream.result
+    meter.served(
+        streaming.served, endpoint=routed_stream.endpoint.name, price=routed_stream.endpoint.price
+    )
+    overhead = meter.overhead_ms(streaming.upstream_ms)
+    return StreamingResponse(
+        200, relay(streaming, llm_request, meter, overhead), headers=_headers(meter, overhead)
+    )
+
+
+def _headers(meter: Meter, overhead_ms: float) -> list[tuple[bytes, bytes]]:
+    """x-served-model (`<endpoint>/<deployment>`, `;fallback` when a fallback answered), the
+    reservation's rate-limit headers and the gateway's overhead."""
+    name, served = meter.endpoint, meter.served_label
+    # Foundation deployments are labelled `<endpoint>/<index>` already: name it only once.
+    value = served if served.startswith(f"{name}/") else f"{name}/{served}"
+    if meter.fallback_used:
+        value += ";fallback"
+    return [
+        (SERVED_MODEL, value.encode()),
+        *meter.reservation.headers(),
+        (OVERHEAD, f"{overhead_ms:.3f}".encode()),
+    ]
+
+
+def worst_case(
+    request: LLMRequest, endpoint: LLMEndpoint, default_max_tokens: int
+) -> tuple[int, float]:
+    """What a call may use at most, reserved against token limits and budgets before it runs:
+    its prompt (counted roughly, 4 characters a token, rounded up) plus its `max_tokens`."""
+    body = request.body
+    prompt = sum(len(text) + 3 for text in prompt_texts(request)) // 4 + 1
+    if request.task == "embeddings":
+        completion = 0
+    else:
+        completion = (
+            body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+        )
+    price = endpoint.price
+    cost = price.cost(TokenUsage(prompt, completion)) if price is not None else 0.0
+    return prompt + completion, cost
+
+
+async def _unless_client_leaves(request: Request, call: Coroutine[Any, Any, Result]) -> Result:
+    """`call`'s result; if the client disconnects first, `call` is cancelled and
+    ClientDisconnected raised: nobody would read the answer, and an upstream call holds its
+    deployment (and any provisioned slot) until it ends, minutes for a slow model.
+
+    Watching costs a task per call, so it only starts once the call has run for a while: a
+    fast call never pays for it, and a client leaving a slow one is noticed within that time.
+    """
+    this_task = asyncio.current_task()
+    assert this_task is not None
+    watcher: asyncio.Task[None] | None = None
+    client_left = False
+
+    async def cancel_when_client_leaves() -> None:
+        nonlocal client_left
+        await wait_for_disconnect(request.receive)
+        client_left = True
+        this_task.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(cancel_when_client_leaves())
+
+    timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, start_watching)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if client_left:
+            this_task.uncancel()
+            raise ClientDisconnected from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+
+

@@ -1,0 +1,126 @@
+"""The meter every admitted call goes through, whatever its protocol: it holds the call's
+reservation and, when the call ends, settles it to what was used and records the usage event.
+
+`finish` returns once the event is in the ledger's spool (written, or fsynced with
+`usage.durability: fsync`), so a response sent after it has its usage on record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from gateway.auth.keys import Principal
+from gateway.http import Request
+from gateway.limits.governor import UNLIMITED, Governor
+from gateway.metering.recorder import UsageRecorder
+from gateway.metering.usage import Price, TokenUsage, UsageEvent
+
+Demand = Callable[[], tuple[int, float]]  # the worst case a call may use: (tokens, USD)
+
+
+class Meter:
+    """Times one call and turns it into one settled reservation and one usage event."""
+
+    __slots__ = (
+        "_endpoint",
+        "_fallback",
+        "_governor",
+        "_price",
+        "_principal",
+        "_request",
+        "_served",
+        "_usage",
+        "_wall",
+        "reservation",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        usage: UsageRecorder,
+        governor: Governor,
+        principal: Principal,
+        endpoint: str,
+        price: Price | None = None,
+    ) -> None:
+        self._request = request
+        self._usage = usage
+        self._governor = governor
+        self._principal = principal
+        self._endpoint = endpoint
+        self._price = price
+        self._served = ""
+        self._fallback = False
+        self._wall = time.time() - (time.perf_counter() - request.started)
+        self.reservation = UNLIMITED
+
+    async def admit(self, demand: Demand | None = None) -> None:
+        """Count the call against every rule that applies (429 or 503 when refused)."""
+        self.reservation = await self._governor.admit(self._principal, self._endpoint, demand)
+
+    def served(
+        self, served: str, *, endpoint: str | None = None, price: Price | None = None
+    ) -> None:
+        """Who answered: a served model or deployment, of a fallback `endpoint` if not ours."""
+        self._served = served
+        if endpoint is not None and endpoint != self._endpoint:
+            self._endpoint, self._price, self._fallback = endpoint, price, True
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    @property
+    def served_label(self) -> str:
+        return self._served
+
+    @property
+    def fallback_used(self) -> bool:
+        return self._fallback
+
+    def overhead_ms(self, upstream_ms: float) -> float:
+        return max(0.0, (time.perf_counter() - self._request.started) * 1000 - upstream_ms)
+
+    async def shielded(self, ending: Coroutine[Any, Any, None]) -> None:
+        """Run `ending` to completion even if the caller is cancelled meanwhile."""
+        await asyncio.shield(self._usage.keep(ending))
+
+    async def finish(
+        self,
+        status: int,
+        *,
+        usage: TokenUsage | None = None,
+        rows: int = 0,
+        overhead_ms: float = 0.0,
+    ) -> None:
+        """Settle the reservation to what the call used and record its usage event."""
+        latency_ms = (time.perf_counter() - self._request.started) * 1000
+        price = self._price
+        cost = price.cost(usage) if price is not None and usage is not None else 0.0
+        await self._governor.settle(
+            self.reservation, tokens=usage.total_tokens if usage else 0, cost_usd=cost
+        )
+        await self._usage.record(
+            UsageEvent(
+                request_id=self._request.request_id,
+                time=self._wall,
+                principal=self._principal.id,
+                groups=self._principal.groups,
+                endpoint=self._endpoint,
+                served=self._served,
+                route=self._request.scope["path"],
+                status=status,
+                latency_ms=latency_ms,
+                overhead_ms=overhead_ms,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                estimated=usage.estimated if usage else False,
+                rows=rows,
+                cost_usd=cost,
+                fallback_used=self._fallback,
+            ),
+            self._principal,
+        )

@@ -1,0 +1,89 @@
+"""Where a configured MLflow model really is: a local folder or one version of a registered model.
+
+`models:/name@alias` and `models:/name/latest` are resolved to a version number once per config
+version; `registry_moved` tells when they would now resolve to another one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config.schema import CustomEndpointConfig, EndpointConfig
+
+REGISTRY_SCHEME = "models:/"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """Where a configured model really is: a local path or a pinned registry version."""
+
+    load_uri: str
+    label: str  # what `x-served-model` says: `name/3` for registry models, else the path
+
+
+def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> ResolvedModel:
+    """Resolve `models:/name/3`, `models:/name@alias`, `models:/name/latest` or a local folder.
+
+    Raises ValueError with a message fit for the config's YAML path.
+    """
+    if not spec.startswith(REGISTRY_SCHEME):
+        path = Path(spec).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not (path / "MLmodel").is_file():
+            raise ValueError(f"{spec!r} is not an MLflow model folder (no MLmodel file in {path})")
+        return ResolvedModel(load_uri=str(path), label=spec)
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    reference = spec[len(REGISTRY_SCHEME) :]
+    client = MlflowClient(registry_uri=registry_uri, tracking_uri=registry_uri)
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, selector = reference.rpartition("/")
+            if not name or not selector:
+                raise ValueError(
+                    f"{spec!r} is not a registry URI: use models:/NAME/VERSION,"
+                    " models:/NAME@ALIAS or models:/NAME/latest"
+                )
+            if selector == "latest":
+                versions = client.search_model_versions(f"name = '{name}'")
+                if not versions:
+                    raise ValueError(f"registered model {name!r} has no versions")
+                version = str(max(int(v.version) for v in versions))
+            else:
+                version = client.get_model_version(name, selector).version
+        return ResolvedModel(
+            load_uri=client.get_model_version_download_uri(name, version),
+            label=f"{name}/{version}",
+        )
+    except MlflowException as exc:
+        raise ValueError(f"cannot resolve {spec!r} in the registry: {exc.message}") from exc
+
+
+def registry_moved(
+    endpoints: Iterable[EndpointConfig],
+    serving: set[str],
+    *,
+    base_dir: Path,
+    registry_uri: str | None,
+) -> list[str]:
+    """Registry models (`@alias`, `/latest`) that now resolve to a version whose load URI is not
+    in `serving` (blocking: it asks the registry)."""
+    moved = []
+    for endpoint in endpoints:
+        if not isinstance(endpoint, CustomEndpointConfig):
+            continue
+        for spec in endpoint.served_models:
+            pinned = spec.model.rsplit("/", 1)[-1].isdigit()
+            if not spec.model.startswith(REGISTRY_SCHEME) or pinned:
+                continue
+            resolved = resolve_model(spec.model, base_dir=base_dir, registry_uri=registry_uri)
+            if resolved.load_uri not in serving:
+                moved.append(f"{spec.model} → {resolved.label}")
+    return moved
