@@ -1,4 +1,5 @@
-"""`gateway serve | check | keys new`."""
+"""The `gateway` command: serve a config, check one, reload a running gateway, read usage,
+make keys. `gateway COMMAND --help` documents each command's options."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The config schema: strict (unknown keys are errors) and frozen once validated.
 
 Reading a file, interpolating `${VAR}` and turning validation errors into YAML paths is
-`config_file.py`'s job; this module only says what a valid config looks like.
+`loading.py`'s job; this module only says what a valid config looks like.
 """
 
 from __future__ import annotations

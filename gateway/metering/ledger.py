@@ -1,8 +1,10 @@
 """The durable usage ledger: every acknowledged request has its row, even after a SIGKILL.
 
 A handler awaits `record(event)` before it sends its response. `record` returns once the event
-is fsynced into the local spool (concurrent calls share one fdatasync: see `spool.py`), so a
-response the client saw implies an event on disk. A background writer moves spooled events into
+is in the local spool: written to the kernel by default (`usage.durability: write`, which
+survives the process being killed, SIGKILL included), or also fdatasynced (`fsync`, which
+survives the host losing power; concurrent calls share one fdatasync: see `spool.py`). So a
+response the client saw implies an event that outlives the process. A background writer moves spooled events into
 the database in batches; inserts ignore request_ids already stored, so a spool replayed after a
 crash (or a batch retried after a timeout that did commit) never duplicates a row. A segment is
 deleted only once every event in it is committed. While the database is down events wait in
@@ -52,7 +54,7 @@ class LedgerStats:
 
 
 class Ledger:
-    """Usage events: fsynced to a local spool on `record`, then written to SQLite or Postgres.
+    """Usage events: appended to a local spool on `record`, then written to SQLite or Postgres.
 
     `start()` replays what an earlier process left in the spool (when the database is up) and
     starts the writer; `aclose()` drains the spool into the database. One process per spool

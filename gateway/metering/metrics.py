@@ -16,7 +16,7 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 
 class Metrics:
-    """A registry of the gateway's metrics; `record` takes usage events (a `UsageSink`)."""
+    """A registry of the gateway's metrics; `record` takes usage events."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

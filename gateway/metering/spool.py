@@ -1,4 +1,4 @@
-"""An append-only, fsynced, segmented queue of records on local disk: the ledger's journal.
+"""An append-only, segmented queue of records on local disk: the ledger's journal.
 
 Format: a directory of segments named `<12-digit sequence>.spool`, each a run of records, one
 per line (the ledger writes JSON lines). Only the newest segment of the running process is
@@ -6,8 +6,9 @@ appended to; it is sealed when the next write would take it past `segment_bytes`
 process always starts a new one, so a torn tail left by a crash stays at the end of a sealed
 segment, where readers skip it. A `LOCK` file (flock) keeps two processes off one directory.
 
-Group commit: `append` returns once its record's bytes are on disk (write + fdatasync, on the
-spool's own thread). While one write is in flight, later appends wait together and the next
+`append` returns once its record is written: with `fsync=False` straight to the kernel's page
+cache, on the event loop (one small write; it survives the process dying, not the host); with
+`fsync=True` on the disk, by group commit: write + fdatasync on the spool's own thread. While one write is in flight, later appends wait together and the next
 write carries all of them, so concurrent callers share one fdatasync.
 
 Reading is a single cursor: `take` returns the records after the cursor (only what is durable),

@@ -1,15 +1,14 @@
-"""What one request used, as one event, and the sink events go to.
+"""What one request used, as one event; prices; and the latest events kept in memory.
 
-The hot path only builds an event and hands it to `UsageSink.record`, which must not block;
-storing events durably is the ledger's job (a later milestone). Until then `RecentUsage` keeps
-the latest events in memory for `/admin/usage/recent` and tests.
+Storing events durably is the ledger's job (`ledger.py`); `RecentUsage` keeps the latest ones in
+memory for `/admin/usage/recent`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +57,6 @@ class UsageEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class UsageSink(Protocol):
-    def record(self, event: UsageEvent) -> None:
-        """Take one event; must not block the event loop."""
 
 
 class RecentUsage:

@@ -1,7 +1,8 @@
 """The usage table, the same in SQLite and Postgres, and the SQL both stores run against it.
 
 Values are always bound as parameters; the only text interpolated into SQL is the table name
-(checked against `TABLE_NAME` when a store is built) and the fixed expressions below.
+(checked against `TABLE_NAME` when a store is built), the grouping columns (checked against
+`GROUP_BY`) and the fixed expressions below.
 """
 
 from __future__ import annotations
