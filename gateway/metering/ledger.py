@@ -4,11 +4,12 @@ A handler awaits `record(event)` before it sends its response. `record` returns 
 is in the local spool: written to the kernel by default (`usage.durability: write`, which
 survives the process being killed, SIGKILL included), or also fdatasynced (`fsync`, which
 survives the host losing power; concurrent calls share one fdatasync: see `spool.py`). So a
-response the client saw implies an event that outlives the process. A background writer moves spooled events into
-the database in batches; inserts ignore request_ids already stored, so a spool replayed after a
-crash (or a batch retried after a timeout that did commit) never duplicates a row. A segment is
-deleted only once every event in it is committed. While the database is down events wait in
-the spool and the writer retries with backoff; `stats()` shows the backlog and the failures.
+response the client saw implies an event that outlives the process. A background writer moves
+spooled events into the database in batches; inserts ignore request_ids already stored, so a
+spool replayed after a crash (or a batch retried after a timeout that did commit) never
+duplicates a row. A segment is deleted only once every event in it is committed. While the
+database is down events wait in the spool and the writer retries with backoff; `stats()` shows
+the backlog and the failures.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ segment, where readers skip it. A `LOCK` file (flock) keeps two processes off on
 
 `append` returns once its record is written: with `fsync=False` straight to the kernel's page
 cache, on the event loop (one small write; it survives the process dying, not the host); with
-`fsync=True` on the disk, by group commit: write + fdatasync on the spool's own thread. While one write is in flight, later appends wait together and the next
-write carries all of them, so concurrent callers share one fdatasync.
+`fsync=True` on the disk, by group commit: write + fdatasync on the spool's own thread. While
+one write is in flight, later appends wait together and the next write carries all of them, so
+concurrent callers share one fdatasync.
 
 Reading is a single cursor: `take` returns the records after the cursor (only what is durable),
 `commit` moves the cursor past them and deletes each sealed segment the cursor has left behind.
