@@ -19,8 +19,10 @@ from typing import Any
 
 from gateway.config.loading import LoadedConfig, load_config_file
 from gateway.config.reload import Reloader
+from gateway.config.schema import Access
 from gateway.config.triggers import ReloadTriggers
 from gateway.errors import (
+    BadRequest,
     ConfigError,
     ConfigIssue,
     EndpointNotFound,
@@ -36,13 +38,15 @@ from gateway.limits import open_limiter
 from gateway.metering.metrics import Metrics
 from gateway.metering.recorder import UsageRecorder
 from gateway.router import Router
-from gateway.routes import DOCS_PATHS, ROUTES, OpenRoute, Route
+from gateway.routes import DOCS_PATHS, ROUTES, AccessSetting, OpenRoute
 from gateway.runtime import Runtime, RuntimeHolder, build_runtime, freeze_loaded_objects
 from gateway.state import Caller, GatewayState
 
 logger = logging.getLogger("gateway")
 
 REQUEST_ID = b"x-request-id"
+GATEWAY_REQUEST_ID = b"x-gateway-request-id"
+MAX_CLIENT_REQUEST_ID = 128
 SERVED_MODEL = b"x-served-model"
 CONFIG_VERSION = b"x-config-version"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -99,18 +103,25 @@ class GatewayApp:
             await not_found.send(send, [])
             return
         route, params = matched
-        request = Request(scope, receive, params)
-        request_id = request.header(REQUEST_ID) or os.urandom(12).hex().encode()
-        request.request_id = request_id.decode("latin-1")
-        extra = [(REQUEST_ID, request_id)]
+        request = Request(scope, receive, params, route.path)
+        # The ledger's key is ours: a client's id could claim (and so erase) another's row.
+        request.request_id = os.urandom(12).hex()
+        extra = [(REQUEST_ID, request.request_id.encode())]
         response: Response | StreamingResponse
         try:
+            client_id = request.header(REQUEST_ID)
+            if client_id is not None:
+                request.client_request_id = _client_request_id(client_id)
+                # Echoed as the client sent it; ours goes beside it.
+                extra = [(REQUEST_ID, client_id), (GATEWAY_REQUEST_ID, extra[0][1])]
             if scope["method"] not in route.methods:
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
             if isinstance(route, OpenRoute):
+                if route.setting is not None:
+                    await self._check_setting(request, route.setting)
                 response = await route.handler(request, self.state)
             else:
-                caller = await self._authenticate(request, route)
+                caller = await self._authenticate(request, route.access)
                 response = await route.handler(request, self.state, caller)
         except GatewayError as error:
             response = self._error_response(error, route.protocol)
@@ -122,22 +133,29 @@ class GatewayApp:
         if request.config_version:
             extra.append((CONFIG_VERSION, request.config_version.encode()))
         if isinstance(response, StreamingResponse):
-            response.error_event = functools.partial(
-                render_stream_event, protocol=route.protocol
-            )
+            response.error_event = functools.partial(render_stream_event, protocol=route.protocol)
             await response.send(send, extra, receive)
         else:
             await response.send(send, extra)
 
-    async def _authenticate(self, request: Request, route: Route) -> Caller:
+    async def _authenticate(self, request: Request, access: Access) -> Caller:
         """Who is calling (401 when nobody valid; 403 on an admin route without the role)."""
         runtime = self.state.runtime_for(request)
         principal = await runtime.keyring.authenticate(
             request.header(b"authorization"), request.header(b"x-api-key")
         )
-        if route.access == "admin" and "admin" not in principal.roles:
+        if access == "admin" and "admin" not in principal.roles:
             raise PermissionDenied(f"{principal.id!r} does not have the admin role.")
         return Caller(runtime, principal)
+
+    async def _check_setting(self, request: Request, setting: AccessSetting) -> None:
+        """An open route the config closed (`server.access`); open while nothing is loaded
+        only if the file it was started with leaves it open."""
+        runtime = self.holder.current
+        config = runtime.loaded.config if runtime is not None else self.loaded.config
+        access: Access = getattr(config.server.access, setting)
+        if access != "open":
+            await self._authenticate(request, access)
 
     def _error_response(self, error: GatewayError, protocol: Protocol) -> Response:
         runtime = self.holder.current  # the setting of the config serving now
@@ -207,6 +225,16 @@ class GatewayApp:
             await runtime.aclose()
         await self.state.usage.aclose()  # drains the ledger's spool into its database
         await self.state.limiter.aclose()
+
+
+def _client_request_id(header: bytes) -> str:
+    """The client's own request id, stored beside the ledger's key and echoed back."""
+    if not 0 < len(header) <= MAX_CLIENT_REQUEST_ID or not header.isascii():
+        raise BadRequest(f"x-request-id must be 1 to {MAX_CLIENT_REQUEST_ID} ASCII characters.")
+    text = header.decode("ascii")
+    if not text.isprintable():
+        raise BadRequest("x-request-id must not contain control characters.")
+    return text
 
 
 def create_app() -> GatewayApp:

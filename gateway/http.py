@@ -21,19 +21,29 @@ class Request:
 
     __slots__ = (
         "_headers",
+        "client_request_id",
         "config_version",
         "path_params",
         "receive",
         "request_id",
+        "route",
         "scope",
         "started",
     )
 
-    def __init__(self, scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
+    def __init__(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        path_params: dict[str, str],
+        route: str = "",
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.path_params = path_params
-        self.request_id = ""  # set by the app: the client's x-request-id or a fresh one
+        self.route = route  # the matched route's template: what labels and the ledger record
+        self.request_id = ""  # set by the app: the gateway's own id, the ledger's key
+        self.client_request_id = ""  # the client's x-request-id, checked by the app
         self.config_version = ""  # set when the request takes its runtime snapshot
         self.started = time.perf_counter()  # for latency and gateway-overhead figures
         self._headers: dict[bytes, bytes] | None = None

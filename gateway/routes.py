@@ -21,15 +21,21 @@ OpenHandler = Callable[[Request, GatewayState], Answer]
 GuardedHandler = Callable[[Request, GatewayState, Caller], Answer]
 
 
+# Open routes whose access the config may raise (`server.access`): the field that says.
+AccessSetting = Literal["metrics", "docs", "version"]
+
+
 @dataclass(frozen=True, slots=True)
 class OpenRoute:
-    """Answered for anyone who can reach the gateway (health checks, metrics)."""
+    """Answered for anyone who can reach the gateway (health checks), unless `setting` names
+    a `server.access` field that asks for a key or the admin role."""
 
     path: str  # `{name}` matches one path segment
     methods: frozenset[str]
     handler: OpenHandler
     protocol: Protocol = "mlflow"
     access: Literal["open"] = "open"
+    setting: AccessSetting | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +68,9 @@ ROUTES: tuple[AnyRoute, ...] = (
     OpenRoute("/health", GET, health.ping),
     OpenRoute("/live", GET, health.live),
     OpenRoute("/ready", GET, health.ready),
-    OpenRoute("/version", GET, health.version),
+    OpenRoute("/version", GET, health.version, setting="version"),
     # operations
-    OpenRoute("/metrics", GET, admin.metrics),
+    OpenRoute("/metrics", GET, admin.metrics, setting="metrics"),
     Route("/admin/usage/recent", GET, admin.recent_usage, access="admin"),
     Route("/admin/usage", GET, admin.usage, access="admin"),
     Route("/admin/reload", POST, admin.reload, access="admin"),

@@ -6,6 +6,7 @@ Building a snapshot may fail and then changes nothing; swapping one in cannot fa
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -22,6 +23,7 @@ from gateway.limits import Limiter, MemoryLimiter, RuleBook
 from gateway.limits.governor import Governor
 from gateway.llm.endpoint import LLMEndpoint
 from gateway.metering.metrics import Metrics
+from gateway.metering.tokens import count_tokens
 from gateway.models.loading import discard_new, load_custom_endpoints
 from gateway.models.served import CustomEndpoint, ReuseKey, ServedModel
 from gateway.providers.custom_chat import CustomChatBackend
@@ -73,6 +75,8 @@ class Runtime:
         warm_ups = [endpoint.backend.warm_up for endpoint in self.llm_endpoints.values()]
         if self.keyring.jwt is not None:
             warm_ups.append(self.keyring.jwt.start)  # fetch the issuer's keys early
+        if self.llm_endpoints and self.governor.rules.reserves_tokens:
+            warm_ups.append(_load_tokenizer)  # token limits and budgets count every prompt
         return warm_ups
 
     def serving_uris(self) -> set[str]:
@@ -172,6 +176,10 @@ def build_runtime(
             metrics=metrics or Metrics(),
         ),
     )
+
+
+async def _load_tokenizer() -> None:
+    await asyncio.to_thread(count_tokens, ["warm up"])
 
 
 def _chat_endpoint(endpoint: CustomEndpoint) -> LLMEndpoint:

@@ -87,7 +87,8 @@ def llm_gateway(
 
 
 def usage_event(gateway: GatewayProcess, rid: str, timeout: float = 3.0) -> dict[str, Any]:
-    """The usage event of request `rid` (a stream's is recorded when it ends: poll for it)."""
+    """The usage event of the request sent with x-request-id `rid` (a stream's is recorded when
+    it ends: poll for it)."""
     deadline = time.monotonic() + timeout
     while True:
         response = httpx.get(
@@ -95,7 +96,7 @@ def usage_event(gateway: GatewayProcess, rid: str, timeout: float = 3.0) -> dict
             headers={"authorization": f"Bearer {ADMIN_KEY}"},
         )
         assert response.status_code == 200, response.text
-        found = [event for event in response.json()["data"] if event["request_id"] == rid]
+        found = [event for event in response.json()["data"] if event["client_request_id"] == rid]
         if found:
             assert len(found) == 1, found
             return found[0]

@@ -198,7 +198,8 @@ def test_every_acknowledged_request_has_its_ledger_row_after_sigkill(
     rows = (
         sqlite3.connect(tmp_path / "usage.db")
         .execute(
-            "SELECT request_id, COUNT(*) FROM gateway_usage WHERE request_id LIKE 'kill-%' GROUP BY request_id"
+            "SELECT client_request_id, COUNT(*) FROM gateway_usage"
+            " WHERE client_request_id LIKE 'kill-%' GROUP BY client_request_id"
         )
         .fetchall()
     )

@@ -284,7 +284,13 @@ def test_retries_then_the_fallback_answers(
     assert [r.body["model"] for r in openai_fake_b.requests] == ["up-backup"]
     event = usage_event(gateway, rid)
     assert event["fallback_used"] is True
-    assert (event["endpoint"], event["served"], event["status"]) == ("backup", "backup/0", 200)
+    # the endpoint called, and the one that answered
+    assert (event["endpoint"], event["served_endpoint"], event["served"], event["status"]) == (
+        "primary",
+        "backup",
+        "backup/0",
+        200,
+    )
     assert (event["prompt_tokens"], event["completion_tokens"]) == (6, 4)
     assert event["overhead_ms"] < 100
 

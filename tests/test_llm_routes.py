@@ -211,7 +211,7 @@ def test_serving_endpoint_invocations_take_an_openai_body(
         "max_tokens": 20,
     }
     event = usage_event(gateway, rid)
-    assert event["route"] == "/serving-endpoints/chat/invocations"
+    assert event["route"] == "/serving-endpoints/{name}/invocations"  # the route, not the path
     assert (event["endpoint"], event["status"], event["completion_tokens"]) == ("chat", 200, 4)
 
 

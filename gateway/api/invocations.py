@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gateway.errors import GatewayError
 from gateway.http import Request, Response, StreamingResponse, json_object
-from gateway.llm.pipeline import call_llm_endpoint
+from gateway.llm.pipeline import call_llm_endpoint, failure_status
 from gateway.metering.meter import Meter
 from gateway.models import scoring
 from gateway.models.served import CustomEndpoint
@@ -56,9 +56,10 @@ async def _score(
     try:
         await meter.admit()
         result = await served.score(scoring_request)
-    except GatewayError as error:
-        error.served_model = served.label
-        await meter.finish(error.status)
+    except BaseException as exc:  # every exit after admission settles and records the call
+        if isinstance(exc, GatewayError):
+            exc.served_model = served.label
+        await meter.shielded(meter.finish(failure_status(exc)))
         raise
     await meter.finish(200, rows=scoring_request.row_count())
     return Response(

@@ -240,9 +240,22 @@ EndpointConfig = Annotated[
 LLMEndpointConfig = FoundationEndpointConfig | ExternalEndpointConfig
 
 
+Access = Literal["open", "key", "admin"]
+
+
+class RouteAccessConfig(Strict):
+    """Who may read the operational routes: anyone who can reach the gateway (`open`), any
+    authenticated caller (`key`), or admins only."""
+
+    metrics: Access = "open"  # /metrics
+    docs: Access = "open"  # /docs and /openapi.json
+    version: Access = "open"  # /version
+
+
 class ServerConfig(Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     expose_stack_traces: bool = False  # include model stack traces in error bodies (debug only)
+    access: RouteAccessConfig = RouteAccessConfig()
 
 
 class RegistryConfig(Strict):

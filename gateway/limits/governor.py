@@ -5,7 +5,7 @@ step before a call goes upstream, and settled to what the call really used when 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.auth.keys import Principal
@@ -31,19 +31,25 @@ class Governor:
         self,
         principal: Principal,
         endpoint: str,
-        demand: Callable[[], tuple[int, float]] | None = None,
+        demand: Callable[[], Awaitable[tuple[int, float]]] | None = None,
+        *,
+        fallback: bool = False,
     ) -> Reservation:
         """A reservation to settle when the call ends; raises 429 (or 503) when refused.
 
         `demand` gives the worst case the call may use, (tokens, USD); it is only worked out
-        when some rule applies.
+        when some rule applies. A `fallback` endpoint is admitted by its own rules only (the
+        endpoint's, and this key's on it): the key's and groups' rules counted the call already.
         """
         # JWT subjects get no key's rules, even one whose id equals their subject.
         key_id = principal.id if principal.kind == "key" else f"{principal.kind}:{principal.id}"
-        rules = self.rules.for_call(key_id, endpoint, principal.groups)
+        if fallback:
+            rules = self.rules.for_endpoint(key_id, endpoint)
+        else:
+            rules = self.rules.for_call(key_id, endpoint, principal.groups)
         if not rules:
             return UNLIMITED
-        tokens, cost_usd = demand() if demand is not None else (0, 0.0)
+        tokens, cost_usd = await demand() if demand is not None else (0, 0.0)
         try:
             return await self.limiter.acquire(rules, tokens=tokens, cost_usd=cost_usd)
         except LimitExceeded as exc:

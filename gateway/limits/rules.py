@@ -80,6 +80,18 @@ class RuleBook:
         self._endpoints = {
             e.name: rules_for(endpoint_scope(e.name), e.limits) for e in config.endpoints
         }
+        every = [
+            *self._keys.values(),
+            *self._key_endpoints.values(),
+            *self._groups.values(),
+            *self._endpoints.values(),
+        ]
+        # Whether any call reserves tokens or spend: then every prompt is counted.
+        self.reserves_tokens = any(r.kind in ("tokens", "budget") for rs in every for r in rs)
+
+    def for_endpoint(self, key_id: str, endpoint: str) -> tuple[Rule, ...]:
+        """The rules of one endpoint alone: its own, and this key's on it."""
+        return self._key_endpoints.get((key_id, endpoint), ()) + self._endpoints.get(endpoint, ())
 
     def for_call(
         self, key_id: str, endpoint: str, groups: Sequence[str] | None = None

@@ -24,8 +24,9 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool
 
 def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic Messages request as an OpenAI chat request (the model stays the endpoint)."""
-    if not isinstance(body.get("max_tokens"), int):
-        raise BadRequest("'max_tokens' is required and must be an integer.")
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens < 1:
+        raise BadRequest("'max_tokens' is required and must be a positive integer.")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' is required and must be a non-empty list.")
@@ -34,7 +35,9 @@ def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(system, str) and system:
         out.append({"role": "system", "content": system})
     elif isinstance(system, list):
-        out.append({"role": "system", "content": _joined_text(system)})
+        out.append({"role": "system", "content": _joined_text(system, "system")})
+    elif system is not None and not isinstance(system, str):
+        raise BadRequest("'system' must be a string or a list of text blocks.")
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             raise BadRequest("Each message needs a role of 'user' or 'assistant'.")
@@ -44,38 +47,67 @@ def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
         "messages": out,
         "max_tokens": body["max_tokens"],
     }
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("stop_sequences", "stop"),
-    ):
-        if ours in body:
-            request[theirs] = body[ours]
+    for name in ("temperature", "top_p"):
+        if name in body:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BadRequest(f"'{name}' must be a number.")
+            request[name] = value
+    if "stop_sequences" in body:
+        stops = body["stop_sequences"]
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise BadRequest("'stop_sequences' must be a list of strings.")
+        request["stop"] = stops
     if body.get("stream") is True:
         request["stream"] = True
-    if isinstance(body.get("tools"), list):
-        request["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.get("name"),
-                    "description": tool.get("description", ""),
-                    "parameters": tool.get("input_schema", {"type": "object"}),
-                },
-            }
-            for tool in body["tools"]
-            if isinstance(tool, dict)
-        ]
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("'tools' must be a list.")
+        request["tools"] = [_tool_to_openai(tool) for tool in tools]
     choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, dict):
+        raise BadRequest("'tool_choice' must be an object.")
     if isinstance(choice, dict):
         kind = choice.get("type")
         if kind == "tool":
-            request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+            name = _typed(choice, "name", str, "tool_choice")
+            request["tool_choice"] = {"type": "function", "function": {"name": name}}
         elif kind in ("auto", "none"):
             request["tool_choice"] = kind
         elif kind == "any":
             request["tool_choice"] = "required"
     return request
+
+
+def _tool_to_openai(tool: Any) -> dict[str, Any]:
+    if not isinstance(tool, dict):
+        raise BadRequest("Each tool must be an object.")
+    description = tool.get("description", "")
+    if not isinstance(description, str):
+        raise BadRequest("A tool's 'description' must be a string.")
+    schema = tool.get("input_schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise BadRequest("A tool's 'input_schema' must be an object.")
+    return {
+        "type": "function",
+        "function": {
+            "name": _typed(tool, "name", str, "tool"),
+            "description": description,
+            "parameters": schema,
+        },
+    }
+
+
+def _typed(block: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    """`block[name]` if it has the type the Messages API gives it, else a 400 that says so."""
+    value = block.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"A {where}'s '{name}' must be a {_TYPE_NAMES[kind]}.")
+    return value
+
+
+_TYPE_NAMES: dict[type, str] = {str: "string", dict: "object", list: "list"}
 
 
 def _message_to_openai(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,28 +122,31 @@ def _message_to_openai(message: dict[str, Any]) -> list[dict[str, Any]]:
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
-        elif kind == "image" and isinstance(block.get("source"), dict):
-            source = block["source"]
-            url = (
-                source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data')}"
-            )
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append({"type": "text", "text": _typed(block, "text", str, "text block")})
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input", {})).decode()
             tool_calls.append(
                 {
-                    "id": block.get("id"),
+                    "id": _typed(block, "id", str, "tool_use block"),
                     "type": "function",
-                    "function": {"name": block.get("name"), "arguments": arguments},
+                    "function": {
+                        "name": _typed(block, "name", str, "tool_use block"),
+                        "arguments": arguments,
+                    },
                 }
             )
         elif kind == "tool_result":
-            result = block.get("content")
-            text = result if isinstance(result, str) else _joined_text(result or [])
-            results.append(
-                {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
-            )
+            result = block.get("content", "")
+            if isinstance(result, str):
+                text = result
+            elif isinstance(result, list):
+                text = _joined_text(result, "tool_result block")
+            else:
+                raise BadRequest("A tool_result block's 'content' must be a string or a list.")
+            tool_use_id = _typed(block, "tool_use_id", str, "tool_result block")
+            results.append({"role": "tool", "tool_call_id": tool_use_id, "content": text})
         else:
             raise BadRequest(f"Unsupported content block type {kind!r}.")
     out: list[dict[str, Any]] = list(results)
@@ -127,10 +162,25 @@ def _message_to_openai(message: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _joined_text(blocks: list[Any]) -> str:
-    return "".join(
-        b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
-    )
+def _image_url(block: dict[str, Any]) -> str:
+    source = _typed(block, "source", dict, "image block")
+    if source.get("type") == "url" or "url" in source:
+        url: str = _typed(source, "url", str, "image source")
+        return url
+    media_type = _typed(source, "media_type", str, "image source")
+    data = _typed(source, "data", str, "image source")
+    return f"data:{media_type};base64,{data}"
+
+
+def _joined_text(blocks: list[Any], where: str) -> str:
+    """The text of a list of text blocks (other kinds of block are left out)."""
+    texts = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            raise BadRequest(f"Each block of a {where} must be an object.")
+        if block.get("type") == "text":
+            texts.append(_typed(block, "text", str, "text block"))
+    return "".join(texts)
 
 
 # --- response -------------------------------------------------------------------------------------

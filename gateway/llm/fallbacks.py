@@ -1,4 +1,5 @@
-"""Fallbacks: when an endpoint's retries are exhausted, its `fallbacks` are tried in order."""
+"""Fallbacks: when an endpoint's retries are exhausted, or it is full (provisioned capacity or
+its own limits), its `fallbacks` are tried in order."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gateway.errors import CapacityFull, UpstreamError
+from gateway.errors import RateLimited, UpstreamError
 from gateway.llm.endpoint import LLMEndpoint
 from gateway.llm.types import Answer, Completed, LLMRequest, Streaming, plus_upstream_ms
 
@@ -21,28 +22,45 @@ class Routed(Generic[Result]):
     fallback_used: bool
 
 
-def chain(endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint]) -> list[LLMEndpoint]:
-    """The endpoint, then its fallbacks (only those configured with the same task)."""
+def chain(
+    endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint], allowed: Callable[[str], bool]
+) -> list[LLMEndpoint]:
+    """The endpoint, then its fallbacks: those configured with the same task that the caller
+    may call itself (a fallback never lends a key an endpoint its policy does not allow)."""
     found = [endpoint]
     for name in endpoint.fallbacks:
         fallback = endpoints.get(name)
-        if fallback is not None and fallback.task == endpoint.task and fallback not in found:
+        if (
+            fallback is not None
+            and fallback.task == endpoint.task
+            and fallback not in found
+            and allowed(fallback.name)
+        ):
             found.append(fallback)
     return found
 
 
+# Admits the call on a fallback endpoint by that endpoint's own limits (RateLimited if full).
+EnterFallback = Callable[[LLMEndpoint], Awaitable[None]]
+
+
 async def _first_success(
-    candidates: list[LLMEndpoint], call: Callable[[LLMEndpoint], Awaitable[Answer]]
+    candidates: list[LLMEndpoint],
+    call: Callable[[LLMEndpoint], Awaitable[Answer]],
+    enter: EnterFallback,
 ) -> Routed[Answer]:
-    last_error: UpstreamError | CapacityFull | None = None
+    last_error: UpstreamError | RateLimited | None = None
     failed_ms = 0.0  # spent on endpoints that failed: upstream time, not gateway overhead
     for position, candidate in enumerate(candidates):
         started = time.perf_counter()
         try:
+            if position > 0:
+                await enter(candidate)
             answer = await call(candidate)
-        # A full endpoint or a failing upstream: the next candidate may serve. A 4xx from the
-        # upstream (UpstreamRejected) is about the request itself: no fallback would differ.
-        except (UpstreamError, CapacityFull) as error:
+        # A full endpoint (its capacity or its limits) or a failing upstream: the next candidate
+        # may serve. A 4xx from the upstream (UpstreamRejected) is about the request itself: no
+        # fallback would differ.
+        except (UpstreamError, RateLimited) as error:
             last_error = error
             failed_ms += (time.perf_counter() - started) * 1000
             continue
@@ -52,12 +70,12 @@ async def _first_success(
 
 
 async def complete(
-    endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint], request: LLMRequest
+    candidates: list[LLMEndpoint], request: LLMRequest, enter: EnterFallback
 ) -> Routed[Completed]:
-    return await _first_success(chain(endpoint, endpoints), lambda e: e.complete(request))
+    return await _first_success(candidates, lambda e: e.complete(request), enter)
 
 
 async def open_stream(
-    endpoint: LLMEndpoint, endpoints: Mapping[str, LLMEndpoint], request: LLMRequest
+    candidates: list[LLMEndpoint], request: LLMRequest, enter: EnterFallback
 ) -> Routed[Streaming]:
-    return await _first_success(chain(endpoint, endpoints), lambda e: e.open_stream(request))
+    return await _first_success(candidates, lambda e: e.open_stream(request), enter)

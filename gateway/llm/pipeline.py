@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import orjson
+
 from gateway.config.schema import Task
 from gateway.errors import BadRequest, GatewayError
 from gateway.http import (
@@ -21,11 +23,11 @@ from gateway.http import (
     wait_for_disconnect,
 )
 from gateway.llm import fallbacks
+from gateway.llm.demand import worst_case
 from gateway.llm.endpoint import LLMEndpoint
-from gateway.llm.relay import CLIENT_CLOSED, estimate_usage, prompt_texts, relay
+from gateway.llm.relay import CLIENT_CLOSED, estimate_usage, relay
 from gateway.llm.types import LLMRequest
 from gateway.metering.meter import Meter
-from gateway.metering.usage import TokenUsage
 from gateway.state import Caller, GatewayState
 
 SERVED_MODEL = b"x-served-model"
@@ -65,13 +67,30 @@ def validate(task: Task, endpoint: LLMEndpoint, body: dict[str, Any]) -> LLMRequ
         raise BadRequest("'stream' must be true or false.")
     if stream and task == "embeddings":
         raise BadRequest("Embeddings cannot be streamed.")
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field, most in (
+        ("max_tokens", None),
+        ("max_completion_tokens", None),
+        ("n", 128),
+        ("best_of", 20),
+    ):
         limit = body.get(field)
         if limit is not None and (type(limit) is not int or limit < 1):
             raise BadRequest(f"'{field}' must be a positive integer.")
+        if limit is not None and most is not None and limit > most:
+            raise BadRequest(f"'{field}' must be at most {most}.")
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    _check_forwardable(body)
     return LLMRequest(task=task, body=body, stream=stream, client_wants_usage=wants_usage)
+
+
+def _check_forwardable(body: dict[str, Any]) -> None:
+    """A body the gateway could parse but not send on (orjson writes at most 254 levels of
+    nesting, and reads 1,024) is the client's error, found before anything is counted."""
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise BadRequest(f"The request body cannot be forwarded: {exc}.") from exc
 
 
 async def call_llm_endpoint(
@@ -89,20 +108,24 @@ async def call_llm_endpoint(
     )
     default_max_tokens = runtime.loaded.config.limits.default_max_tokens
     try:
-        await meter.admit(lambda: worst_case(llm_request, endpoint, default_max_tokens))
+        await meter.admit(lambda: worst_case(llm_request, endpoint.price, default_max_tokens))
+        candidates = fallbacks.chain(endpoint, runtime.llm_endpoints, caller.principal.may_call)
+
+        async def enter(fallback: LLMEndpoint) -> None:
+            await meter.admit_fallback(
+                fallback.name, lambda: worst_case(llm_request, fallback.price, default_max_tokens)
+            )
+
         if llm_request.stream:
             routed_stream = await _unless_client_leaves(
-                request, fallbacks.open_stream(endpoint, runtime.llm_endpoints, llm_request)
+                request, fallbacks.open_stream(candidates, llm_request, enter)
             )
         else:
             routed = await _unless_client_leaves(
-                request, fallbacks.complete(endpoint, runtime.llm_endpoints, llm_request)
+                request, fallbacks.complete(candidates, llm_request, enter)
             )
-    except GatewayError as error:
-        await meter.finish(error.status)
-        raise
-    except ClientDisconnected:
-        await meter.finish(CLIENT_CLOSED)
+    except BaseException as exc:  # every exit after admission settles and records the call
+        await meter.shielded(_end_failed(meter, llm_request, exc))
         raise
     if not llm_request.stream:
         completed = routed.result
@@ -121,10 +144,29 @@ async def call_llm_endpoint(
     )
 
 
+async def _end_failed(meter: Meter, request: LLMRequest, exc: BaseException) -> None:
+    """Meter a call that ended without an answer. One the upstream had already received (the
+    client left, or the upstream timed out) is billed its prompt: the upstream bills it too."""
+    status = failure_status(exc)
+    usage = None
+    if status in (CLIENT_CLOSED, 504):
+        usage = await estimate_usage(request, b"")
+    await meter.finish(status, usage=usage)
+
+
+def failure_status(exc: BaseException) -> int:
+    """The status a call that raised `exc` ends with, for its usage row."""
+    if isinstance(exc, GatewayError):
+        return exc.status
+    if isinstance(exc, ClientDisconnected | asyncio.CancelledError):
+        return CLIENT_CLOSED
+    return 500
+
+
 def _headers(meter: Meter, overhead_ms: float) -> list[tuple[bytes, bytes]]:
     """x-served-model (`<endpoint>/<deployment>`, `;fallback` when a fallback answered), the
     reservation's rate-limit headers and the gateway's overhead."""
-    name, served = meter.endpoint, meter.served_label
+    name, served = meter.served_endpoint, meter.served_label
     # Foundation deployments are labelled `<endpoint>/<index>` already: name it only once.
     value = served if served.startswith(f"{name}/") else f"{name}/{served}"
     if meter.fallback_used:
@@ -134,24 +176,6 @@ def _headers(meter: Meter, overhead_ms: float) -> list[tuple[bytes, bytes]]:
         *meter.reservation.headers(),
         (OVERHEAD, f"{overhead_ms:.3f}".encode()),
     ]
-
-
-def worst_case(
-    request: LLMRequest, endpoint: LLMEndpoint, default_max_tokens: int
-) -> tuple[int, float]:
-    """What a call may use at most, reserved against token limits and budgets before it runs:
-    its prompt (counted roughly, 4 characters a token, rounded up) plus its `max_tokens`."""
-    body = request.body
-    prompt = sum(len(text) + 3 for text in prompt_texts(request)) // 4 + 1
-    if request.task == "embeddings":
-        completion = 0
-    else:
-        completion = (
-            body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
-        )
-    price = endpoint.price
-    cost = price.cost(TokenUsage(prompt, completion)) if price is not None else 0.0
-    return prompt + completion, cost
 
 
 async def _unless_client_leaves(request: Request, call: Coroutine[Any, Any, Result]) -> Result:
@@ -189,5 +213,3 @@ async def _unless_client_leaves(request: Request, call: Coroutine[Any, Any, Resu
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
-
-

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from gateway.auth.keys import Principal
 from gateway.http import Request
+from gateway.limits import Reservation
 from gateway.limits.governor import UNLIMITED, Governor
 from gateway.metering.recorder import UsageRecorder
 from gateway.metering.usage import Price, TokenUsage, UsageEvent
 
-Demand = Callable[[], tuple[int, float]]  # the worst case a call may use: (tokens, USD)
+Demand = Callable[[], Awaitable[tuple[int, float]]]  # the most a call may use: (tokens, USD)
 
 
 class Meter:
@@ -27,11 +28,13 @@ class Meter:
     __slots__ = (
         "_endpoint",
         "_fallback",
+        "_fallbacks",
         "_governor",
         "_price",
         "_principal",
         "_request",
         "_served",
+        "_served_endpoint",
         "_usage",
         "_wall",
         "reservation",
@@ -53,25 +56,34 @@ class Meter:
         self._endpoint = endpoint
         self._price = price
         self._served = ""
+        self._served_endpoint = endpoint
         self._fallback = False
         self._wall = time.time() - (time.perf_counter() - request.started)
         self.reservation = UNLIMITED
+        self._fallbacks: dict[str, Reservation] = {}  # by endpoint: their own limits
 
     async def admit(self, demand: Demand | None = None) -> None:
         """Count the call against every rule that applies (429 or 503 when refused)."""
         self.reservation = await self._governor.admit(self._principal, self._endpoint, demand)
 
+    async def admit_fallback(self, endpoint: str, demand: Demand) -> None:
+        """Count the call against a fallback endpoint's own limits before it is tried."""
+        self._fallbacks[endpoint] = await self._governor.admit(
+            self._principal, endpoint, demand, fallback=True
+        )
+
     def served(
         self, served: str, *, endpoint: str | None = None, price: Price | None = None
     ) -> None:
-        """Who answered: a served model or deployment, of a fallback `endpoint` if not ours."""
+        """Who answered: a served model or deployment, of a fallback `endpoint` if not the one
+        called (then its price is what the call costs)."""
         self._served = served
         if endpoint is not None and endpoint != self._endpoint:
-            self._endpoint, self._price, self._fallback = endpoint, price, True
+            self._served_endpoint, self._price, self._fallback = endpoint, price, True
 
     @property
-    def endpoint(self) -> str:
-        return self._endpoint
+    def served_endpoint(self) -> str:
+        return self._served_endpoint
 
     @property
     def served_label(self) -> str:
@@ -100,9 +112,14 @@ class Meter:
         latency_ms = (time.perf_counter() - self._request.started) * 1000
         price = self._price
         cost = price.cost(usage) if price is not None and usage is not None else 0.0
-        await self._governor.settle(
-            self.reservation, tokens=usage.total_tokens if usage else 0, cost_usd=cost
-        )
+        tokens = usage.total_tokens if usage else 0
+        await self._governor.settle(self.reservation, tokens=tokens, cost_usd=cost)
+        for endpoint, reservation in self._fallbacks.items():
+            # Only the fallback that answered used anything of its endpoint's limits.
+            used = endpoint == self._served_endpoint and self._fallback
+            await self._governor.settle(
+                reservation, tokens=tokens if used else 0, cost_usd=cost if used else 0.0
+            )
         await self._usage.record(
             UsageEvent(
                 request_id=self._request.request_id,
@@ -111,7 +128,7 @@ class Meter:
                 groups=self._principal.groups,
                 endpoint=self._endpoint,
                 served=self._served,
-                route=self._request.scope["path"],
+                route=self._request.route,
                 status=status,
                 latency_ms=latency_ms,
                 overhead_ms=overhead_ms,
@@ -121,6 +138,9 @@ class Meter:
                 rows=rows,
                 cost_usd=cost,
                 fallback_used=self._fallback,
+                client_request_id=self._request.client_request_id,
+                principal_kind=self._principal.kind,
+                served_endpoint=self._served_endpoint if self._served else "",
             ),
             self._principal,
         )

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 Rows = Sequence[Mapping[str, Any]]
+_FORMULA_STARTS = ("=", "+", "-", "@")  # tab and CR are control characters, replaced
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def columns_of(rows: Rows) -> list[str]:
@@ -58,11 +61,24 @@ def _csv_cell(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return ";".join(str(item) for item in value)
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return _safe_text(";".join(str(item) for item in value))
+    return _safe_text(str(value))
+
+
+def _safe_text(text: str) -> str:
+    """Text a spreadsheet shows as text: principals, endpoints and routes come from callers
+    (a JWT subject can be `=HYPERLINK(...)`), so a cell that would start a formula is prefixed
+    with `'` (OWASP's advice) and control characters are replaced."""
+    if _CONTROL.search(text):
+        text = _CONTROL.sub("\ufffd", text)
+    if text.startswith(_FORMULA_STARTS):
+        text = "'" + text
+    return text
 
 
 def _table_cell(name: str, value: Any) -> str:

@@ -26,6 +26,11 @@ def _encoding() -> Any:
         return None
 
 
+def tokenizer_loaded() -> bool:
+    """Whether counting is cheap now: the first count loads the encoding (seconds)."""
+    return _encoding.cache_info().currsize > 0
+
+
 def count_tokens(texts: list[str]) -> int:
     """Tokens in `texts` (blocking: call it from a thread)."""
     encoding = _encoding()

@@ -38,13 +38,13 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
-    request_id: str
+    request_id: str  # made by the gateway: the ledger's key, which no client can choose
     time: float  # epoch seconds at the request's start
     principal: str
     groups: tuple[str, ...]
-    endpoint: str
+    endpoint: str  # the endpoint the client called
     served: str  # served model or deployment that answered ("" when none did)
-    route: str
+    route: str  # the route's template (`/serving-endpoints/{name}/invocations`), not the path
     status: int
     latency_ms: float
     overhead_ms: float
@@ -54,6 +54,9 @@ class UsageEvent:
     rows: int = 0  # rows predicted (custom models)
     cost_usd: float = 0.0
     fallback_used: bool = False
+    client_request_id: str = ""  # the client's x-request-id, if it sent one (not unique)
+    principal_kind: str = "key"  # key | jwt | anonymous: a JWT subject may share a key's id
+    served_endpoint: str = ""  # the endpoint that answered: this one, or one of its fallbacks
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -85,6 +85,7 @@ class ScoringRequest:
     mime: str
     body: bytes
     document: Any = None  # the decoded JSON body, when orjson could decode it
+    parsed_rows: int | None = None  # rows of a CSV or Parquet body, known once parsed
 
     @classmethod
     def from_body(cls, mime: str, body: bytes) -> ScoringRequest:
@@ -133,7 +134,10 @@ class ScoringRequest:
         return None
 
     def row_count(self) -> int:
-        """Rows in a JSON tabular request (0 when not known without parsing the body)."""
+        """Rows in the request: counted when its CSV or Parquet body was parsed, read off a
+        JSON body's rows, 0 when neither says."""
+        if self.parsed_rows is not None:
+            return self.parsed_rows
         doc = self.document
         if not isinstance(doc, dict):
             return 0
@@ -239,9 +243,13 @@ def parse_input(model: Any, request: ScoringRequest) -> tuple[Any, dict[str, Any
                 raise MlflowInvalidInputException(
                     f"Ensure that input is a valid UTF-8 encoded string. Error: '{exc!r}'"
                 ) from exc
-            return mlflow_server.parse_csv_input(StringIO(text), schema=schema), None, False
+            frame = mlflow_server.parse_csv_input(StringIO(text), schema=schema)
+            request.parsed_rows = len(frame)
+            return frame, None, False
         if request.mime == CONTENT_TYPE_PARQUET:
-            return mlflow_server.parse_parquet_input(BytesIO(request.body)), None, False
+            frame = mlflow_server.parse_parquet_input(BytesIO(request.body))
+            request.parsed_rows = len(frame)
+            return frame, None, False
         document = request.document
         if not isinstance(document, dict):
             # orjson refused it or it is not an object: MLflow's decoder has the last word.

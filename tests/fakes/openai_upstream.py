@@ -89,14 +89,22 @@ class FakeOpenAI(FakeUpstream):
             return self.error_response(400, problem)
         messages = body["messages"]
         reply = echo(last_text(messages), token_limit(body, "max_completion_tokens", "max_tokens"))
-        usage = _usage(prompt_tokens(messages), reply.tokens) if exchange.with_usage else None
+        choices = (
+            body.get("n") if isinstance(body.get("n"), int) else 1
+        )  # n answers, n times the tokens
+        usage = (
+            _usage(prompt_tokens(messages), reply.tokens * choices) if exchange.with_usage else None
+        )
         if exchange.stream:
             head = _head("chatcmpl", "chat.completion.chunk", body)
             return await self.send_events(exchange, _events(head, _chat_chunks(reply), usage, body))
         message = {"role": "assistant", "content": reply.text, "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(reply)}
+        answers = [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": _finish(reply)}
+            for i in range(choices)
+        ]
         head = _head("chatcmpl", "chat.completion", body)
-        return await self.send_json(exchange, _with_usage({**head, "choices": [choice]}, usage))
+        return await self.send_json(exchange, _with_usage({**head, "choices": answers}, usage))
 
     async def _completions(self, exchange: Exchange) -> web.StreamResponse:
         body = exchange.body

@@ -10,11 +10,13 @@ import asyncpg
 
 from gateway.metering.stores import StoreError, drop_empty
 from gateway.metering.stores.schema import (
+    ADDED_COLUMNS,
     POSTGRES,
     GroupBy,
     Row,
     create_statements,
     event_dict,
+    index_statements,
     insert_sql,
     query_sql,
     rows_sql,
@@ -83,6 +85,12 @@ class PostgresStore:
                 # Two gateways starting together would race CREATE TABLE IF NOT EXISTS.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._table)
                 for statement in create_statements(self._table):
+                    await conn.execute(statement)
+                for column, ddl in ADDED_COLUMNS:
+                    await conn.execute(
+                        f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS {column} {ddl}"
+                    )
+                for statement in index_statements(self._table):
                     await conn.execute(statement)
         except _UNAVAILABLE as error:
             if pool is not None:

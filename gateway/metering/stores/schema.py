@@ -25,13 +25,21 @@ TABLE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z
 COLUMNS: Final = (
     "request_id", "time", "principal", "groups", "endpoint", "served", "route", "status",
     "latency_ms", "overhead_ms", "prompt_tokens", "completion_tokens", "estimated", "rows",
-    "cost_usd", "fallback_used",
+    "cost_usd", "fallback_used", "client_request_id", "principal_kind", "served_endpoint",
 )  # fmt: skip
+
+# Columns added after the first release: tables made before get them on open (name, DDL).
+ADDED_COLUMNS: Final = (
+    ("client_request_id", "TEXT NOT NULL DEFAULT ''"),
+    ("principal_kind", "TEXT NOT NULL DEFAULT 'key'"),
+    ("served_endpoint", "TEXT NOT NULL DEFAULT ''"),
+)
 
 # One row as bound to the INSERT, in COLUMNS order; `groups` is a JSON array (text).
 Row = tuple[
-    str, float, str, str, str, str, str, int, float, float, int, int, bool, int, float, bool
-]
+    str, float, str, str, str, str, str, int, float, float, int, int, bool, int, float, bool,
+    str, str, str,
+]  # fmt: skip
 
 
 class CorruptRecord(ValueError):
@@ -56,7 +64,8 @@ def decode(line: bytes) -> Row:
             float(obj["overhead_ms"]), int(obj.get("prompt_tokens", 0)),
             int(obj.get("completion_tokens", 0)), bool(obj.get("estimated", False)),
             int(obj.get("rows", 0)), float(obj.get("cost_usd", 0.0)),
-            bool(obj.get("fallback_used", False)),
+            bool(obj.get("fallback_used", False)), _text(obj.get("client_request_id", "")),
+            _text(obj.get("principal_kind", "key")), _text(obj.get("served_endpoint", "")),
         )  # fmt: skip
     except CorruptRecord:
         raise
@@ -126,11 +135,20 @@ def create_statements(table: str) -> list[str]:
             estimated BOOLEAN NOT NULL,
             rows BIGINT NOT NULL,
             cost_usd DOUBLE PRECISION NOT NULL,
-            fallback_used BOOLEAN NOT NULL
+            fallback_used BOOLEAN NOT NULL,
+            client_request_id TEXT NOT NULL DEFAULT '',
+            principal_kind TEXT NOT NULL DEFAULT 'key',
+            served_endpoint TEXT NOT NULL DEFAULT ''
         )""",
         f"CREATE INDEX IF NOT EXISTS {bare}_time ON {table} (time)",
         f"CREATE INDEX IF NOT EXISTS {bare}_principal_time ON {table} (principal, time)",
     ]
+
+
+def index_statements(table: str) -> list[str]:
+    """Indexes on columns that tables made by an older release get only on open."""
+    bare = table.rpartition(".")[2]
+    return [f"CREATE INDEX IF NOT EXISTS {bare}_client_request_id ON {table} (client_request_id)"]
 
 
 def insert_sql(table: str, dialect: Dialect) -> str:
@@ -166,7 +184,13 @@ def query_sql(
     unknown = [key for key in keys if key not in GROUP_BY]
     if unknown:
         raise ValueError(f"cannot group usage by {unknown}; choose from {list(GROUP_BY)}")
-    selected = [f"{dialect.day} AS day" if key == "day" else key for key in keys]
+    # A JWT subject and a key may share an id: a principal is its kind and its id.
+    columns = [
+        column
+        for key in keys
+        for column in (("principal_kind", key) if key == "principal" else (key,))
+    ]
+    selected = [f"{dialect.day} AS day" if column == "day" else column for column in columns]
     where, args = _where(dialect, since, until)
     # CAST keeps integer sums integers: Postgres widens SUM(bigint) to numeric.
     sql = (
@@ -184,8 +208,8 @@ def query_sql(
         )
         + f" FROM {table}{where}"
     )
-    if keys:
-        positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
+    if columns:
+        positions = ", ".join(str(i) for i in range(1, len(columns) + 1))
         sql += f" GROUP BY {positions} ORDER BY {positions}"
     return sql, args
 

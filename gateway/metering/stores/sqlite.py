@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 
 from gateway.metering.stores import StoreError, drop_empty
 from gateway.metering.stores.schema import (
+    ADDED_COLUMNS,
     SQLITE,
     GroupBy,
     Row,
     create_statements,
     event_dict,
+    index_statements,
     insert_sql,
     query_sql,
     rows_sql,
@@ -76,6 +78,13 @@ class SqliteStore:
                 conn.execute("PRAGMA synchronous=FULL")
                 with conn:
                     for statement in create_statements(self._table):
+                        conn.execute(statement)
+                    bare = self._table.rpartition(".")[2]
+                    present = {row[1] for row in conn.execute(f"PRAGMA table_info({bare})")}
+                    for column, ddl in ADDED_COLUMNS:
+                        if column not in present:
+                            conn.execute(f"ALTER TABLE {self._table} ADD COLUMN {column} {ddl}")
+                    for statement in index_statements(self._table):
                         conn.execute(statement)
             except BaseException:
                 conn.close()
