@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sqlite3
@@ -240,6 +241,40 @@ def test_sigterm_drains_the_ledger_and_usage_is_readable(
         check=True,
     )
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("principal,requests")
-    by_principal = {line.split(",")[0]: int(line.split(",")[1]) for line in lines[1:]}
-    assert by_principal == {"a": 5, "b": 1}
+    assert lines[0].startswith("principal,principal_kind,requests")
+    by_principal = {tuple(line.split(",")[:2]): int(line.split(",")[2]) for line in lines[1:]}
+    assert by_principal == {("a", "key"): 5, ("b", "key"): 1}
+
+
+def test_csv_and_parquet_calls_are_recorded_with_their_rows(
+    models: TestModels, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        IRIS["dataframe_split"]["data"] * 3, columns=IRIS["dataframe_split"]["columns"]
+    )
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet)
+    config = write_config(tmp_path, config_text(models, "memory://"))
+    with run_gateway(config, workdir=tmp_path) as gateway:
+        for mime, body in (
+            ("text/csv", frame.to_csv(index=False).encode()),
+            ("application/vnd.apache.parquet", parquet.getvalue()),
+        ):
+            rid = f"rows-{uuid.uuid4().hex[:8]}"
+            answer = httpx.post(
+                f"{gateway.url}/invocations",
+                content=body,
+                headers={
+                    "authorization": f"Bearer {KEY_A}",
+                    "content-type": mime,
+                    "x-request-id": rid,
+                },
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            events = httpx.get(
+                f"{gateway.url}/admin/usage/recent", headers={"authorization": f"Bearer {ADMIN}"}
+            ).json()["data"]
+            assert [e["rows"] for e in events if e["client_request_id"] == rid] == [3], mime

@@ -114,3 +114,17 @@ def test_the_subject_is_the_principal_of_the_usage_event(gateway: GatewayProcess
     ).json()["data"]
     assert recent[0]["principal"] == "carol"
     assert recent[0]["groups"] == ["scientists"]
+
+
+def test_a_subject_named_like_a_key_is_recorded_as_a_subject(gateway: GatewayProcess) -> None:
+    admin_token = mint(RSA, sub="ops-bot", groups=["operators"])
+    assert call(gateway, "iris", mint(RSA, sub="analyst", groups=["scientists"])).is_success
+    assert call(gateway, "iris", ANALYST_KEY).is_success
+    recent = httpx.get(
+        f"{gateway.url}/admin/usage/recent?limit=2",
+        headers={"authorization": f"Bearer {admin_token}"},
+    ).json()["data"]
+    assert [(e["principal"], e["principal_kind"]) for e in recent] == [
+        ("analyst", "jwt"),
+        ("analyst", "key"),
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -230,6 +231,7 @@ async def test_query_aggregates_in_sql(backend: Backend, tmp_path: Path) -> None
         by_principal = await ledger.query(group_by=["principal"])
         assert by_principal[0] == {
             "principal": "alice",
+            "principal_kind": "key",  # a JWT subject may share a key's id: never merged
             "requests": 2,
             "errors": 0,
             "prompt_tokens": 107,
@@ -346,3 +348,42 @@ async def test_acknowledged_events_survive_sigkill(backend: Backend, tmp_path: P
     assert acknowledged <= set(stored), f"lost {len(acknowledged - set(stored))} acknowledged"
     assert max(stored.values()) == 1
     assert segments(spool) == []
+
+
+OLD_TABLE = """CREATE TABLE {table} (
+    request_id TEXT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, principal TEXT NOT NULL,
+    groups TEXT NOT NULL, endpoint TEXT NOT NULL, served TEXT NOT NULL, route TEXT NOT NULL,
+    status INTEGER NOT NULL, latency_ms DOUBLE PRECISION NOT NULL,
+    overhead_ms DOUBLE PRECISION NOT NULL, prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL, estimated BOOLEAN NOT NULL, rows BIGINT NOT NULL,
+    cost_usd DOUBLE PRECISION NOT NULL, fallback_used BOOLEAN NOT NULL
+)"""  # the table as the first release made it
+
+
+async def test_a_table_of_an_older_release_gets_the_new_columns(
+    backend: Backend, tmp_path: Path
+) -> None:
+    if backend.url.startswith("sqlite"):
+        with sqlite3.connect(backend.url.removeprefix("sqlite:///")) as conn:
+            conn.execute(OLD_TABLE.format(table=backend.table))
+            conn.execute(
+                f"INSERT INTO {backend.table} VALUES"
+                " ('old-1', 1.0, 'bob', '[]', 'e', 's', '/r', 200, 1, 1, 1, 1, 0, 0, 0, 0)"
+            )
+    else:
+        conn = await asyncpg.connect(backend.url)
+        try:
+            await conn.execute(OLD_TABLE.format(table=backend.table))
+        finally:
+            await conn.close()
+    new = event(1, client_request_id="client-7", principal_kind="jwt", served_endpoint="chat")
+    async with make(backend, tmp_path / "spool") as ledger:
+        await ledger.record(new)
+        await asyncio.wait_for(ledger.flush(), 10)
+        stored = {row["request_id"]: row for row in await ledger.rows()}
+    assert stored["req-1"] == new.as_dict()
+    if "old-1" in stored:  # the old row reads with the new columns' defaults
+        assert (stored["old-1"]["client_request_id"], stored["old-1"]["principal_kind"]) == (
+            "",
+            "key",
+        )

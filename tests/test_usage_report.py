@@ -35,3 +35,16 @@ def test_table_aligns_columns_and_rounds_for_people() -> None:
     ]
     assert to_table(RAW).splitlines()[2] == "r1          2023-11-14 22:13:20  a,b     yes"
     assert to_table([]) == "(no usage)\n"
+
+
+def test_csv_cells_cannot_start_a_spreadsheet_formula() -> None:
+    # A JWT subject is whatever the identity provider says: it must reach a spreadsheet as text.
+    rows = [
+        {"principal": '=HYPERLINK("http://x")', "endpoint": "+1", "route": "@sum", "n": -1},
+        {"principal": "-2+3", "endpoint": "\tx", "route": "a\rb", "n": -1.5},
+    ]
+    parsed = list(csv.reader(io.StringIO(to_csv(rows))))[1:]
+    assert parsed == [
+        ['\'=HYPERLINK("http://x")', "'+1", "'@sum", "-1"],
+        ["'-2+3", "\ufffdx", "a\ufffdb", "-1.5"],  # numbers stay numbers
+    ]

@@ -188,7 +188,7 @@ def query_sql(
     columns = [
         column
         for key in keys
-        for column in (("principal_kind", key) if key == "principal" else (key,))
+        for column in ((key, "principal_kind") if key == "principal" else (key,))
     ]
     selected = [f"{dialect.day} AS day" if column == "day" else column for column in columns]
     where, args = _where(dialect, since, until)
