@@ -38,7 +38,7 @@ from gateway.limits import open_limiter
 from gateway.metering.metrics import Metrics
 from gateway.metering.recorder import UsageRecorder
 from gateway.router import Router
-from gateway.routes import DOCS_PATHS, ROUTES, AccessSetting, OpenRoute
+from gateway.routes import ROUTES, AccessSetting, OpenRoute
 from gateway.runtime import Runtime, RuntimeHolder, build_runtime, freeze_loaded_objects
 from gateway.state import Caller, GatewayState
 
@@ -74,7 +74,6 @@ class GatewayApp:
         self._triggers = ReloadTriggers(reloader, self.holder)
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
-        self._docs_app: Any = None
         self._loading: asyncio.Task[None] | None = None
         self._warming: list[asyncio.Task[None]] = []
         if loaded.config.auth is None:
@@ -96,9 +95,6 @@ class GatewayApp:
         path = scope["path"]
         matched = self._router.match(path)
         if matched is None:
-            if path in DOCS_PATHS:
-                await self._docs(scope, receive, send)
-                return
             not_found = self._error_response(EndpointNotFound(f"No route for {path}."), "mlflow")
             await not_found.send(send, [])
             return
@@ -165,13 +161,6 @@ class GatewayApp:
         if error.status == 429 and error.retry_after_s is not None:
             headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()))
         return Response(error.status, body, headers=headers)
-
-    async def _docs(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self._docs_app is None:
-            from gateway.api.openapi import build_docs_app
-
-            self._docs_app = build_docs_app()
-        await self._docs_app(scope, receive, send)
 
     # --- lifespan -----------------------------------------------------------------------------
 

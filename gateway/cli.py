@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import sys
+from typing import Any
 
 import orjson
 
 from gateway.auth.keys import key_digest, new_key
 from gateway.config.loading import load_config_file
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
+from gateway.limits import RuleBook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,18 +71,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import CONFIG_ENV, GatewayApp
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = _log_config(args.log_level.upper())
+    logging.config.dictConfig(log_config)
     try:
         loaded = load_config_file(args.config)  # fail fast on a bad file, before binding
     except ConfigError as exc:
         _print_issues(exc)
         return 1
+    if args.workers > 1 and (problem := _workers_problem(loaded.config)):
+        print(f"cannot serve with --workers {args.workers}: {problem}", file=sys.stderr)
+        return 1
     common = {
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
+        "log_config": log_config,  # uvicorn applies it in every worker process too
         "access_log": False,
         "loop": "uvloop",
         "http": "httptools",
@@ -99,6 +106,48 @@ def _serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, **common))
     server.run()
     return 1 if app.holder.failure is not None else 0
+
+
+def _workers_problem(config: GatewayConfig) -> str | None:
+    """Why a config cannot be served by several worker processes, or None.
+
+    Each worker is a process of its own: with the memory store every worker would count limits
+    and budgets on its own (N workers, N times the limit), and a reload would reach only the
+    worker that received it. Redis shares both.
+    """
+    if config.limits.store.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    has_rules = RuleBook(config).has_rules
+    if has_rules:
+        return (
+            "limits and budgets would be counted per worker (each would admit the whole limit)."
+            " Set limits.store to a Redis URL (redis://host:6379/0), or serve one worker."
+        )
+    if config.reload.broadcast is None:
+        return (
+            "a reload would reach only the worker that received it. Set limits.store (or"
+            " reload.broadcast) to a Redis URL, or serve one worker."
+        )
+    return None
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """One format for the gateway's and uvicorn's lines, in the main and every worker process."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            name: {"level": level, "handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
 
 
 def _check(path: str) -> int:

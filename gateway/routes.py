@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.api import admin, anthropic, health, invocations, openai
+from gateway.api import admin, anthropic, docs, health, invocations, openai
 from gateway.errors import Protocol
 from gateway.http import Request, Response, StreamingResponse
 from gateway.state import Caller, GatewayState
@@ -75,7 +75,9 @@ ROUTES: tuple[AnyRoute, ...] = (
     Route("/admin/usage", GET, admin.usage, access="admin"),
     Route("/admin/reload", POST, admin.reload, access="admin"),
     Route("/admin/config", GET, admin.config, access="admin"),
+    # documentation (assets from an installed package: it works offline)
+    OpenRoute("/", GET, docs.index),
+    OpenRoute("/openapi.json", GET, docs.openapi_json, setting="docs"),
+    OpenRoute("/docs", GET, docs.docs, setting="docs"),
+    OpenRoute("/docs/assets/{file}", GET, docs.asset, setting="docs"),
 )
-
-# Served by the (lazily built) documentation app.
-DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})

@@ -92,3 +92,15 @@ def test_serve_exits_when_a_model_cannot_load(tmp_path: Path) -> None:
     result = gateway_cli("serve", "--config", str(config), "--port", str(free_port()))
     assert result.returncode == 1
     assert "endpoints[0].served_models[0].model: cannot load './broken'" in result.stderr
+
+
+def test_several_workers_with_per_process_limits_are_refused(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "auth: {keys: [{id: a, sha256: '" + "0" * 64 + "', limits: {requests_per_minute: 4}}]}\n",
+    )
+    result = gateway_cli(
+        "serve", "--config", str(config), "--workers", "2", "--port", str(free_port()), timeout=60
+    )
+    assert result.returncode == 1
+    assert "limits.store" in result.stderr and "one worker" in result.stderr

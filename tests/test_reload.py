@@ -29,6 +29,9 @@ LIMITED = "gw-reload-limited-key-0123456789abcd"
 IRIS = IRIS_ONE_ROW
 
 
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 def config(models: TestModels, upstream: FakeOpenAI, variant: str) -> str:
     """Two valid configs that differ in keys, limits, traffic split and one endpoint."""
     a = variant == "a"
@@ -389,13 +392,18 @@ def test_every_worker_applies_a_reload(
     models: TestModels, upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
     channel = f"gateway-test-workers-{os.getpid()}-{time.monotonic_ns()}"
-    path = write_config(tmp_path, _broadcast_config(models, upstream, "a", channel))
+    # Several workers need their limits in Redis (else each would admit the whole limit).
+    store = f'limits: {{store: "{REDIS_URL}", on_store_error: allow}}\n'
+    path = write_config(tmp_path, _broadcast_config(models, upstream, "a", channel) + store)
     with run_gateway(path, workdir=tmp_path, extra_args=("--workers", "2")) as gateway:
         time.sleep(1.0)  # the second worker may still be starting
         _wait_for(lambda: len(_versions_seen(gateway.url)) == 1, timeout=30)
         answer = admin_post(
-            gateway, "/admin/reload", _broadcast_config(models, upstream, "b", channel)
+            gateway, "/admin/reload", _broadcast_config(models, upstream, "b", channel) + store
         )
         assert answer.status_code == 200, answer.text
         version = answer.json()["version"]
         _wait_for(lambda: _versions_seen(gateway.url) == {version}, timeout=10)
+        # every worker's own log lines reach the output
+        _wait_for(lambda: gateway.log().count(f"config {version} applied") == 2, timeout=10)
+        assert gateway.log().count("ready: config version") == 2

@@ -23,7 +23,7 @@ def _query(request: Request) -> dict[str, str]:
 
 async def recent_usage(request: Request, state: GatewayState, caller: Caller) -> Response:
     limit = _query(request).get("limit", "100")
-    if not limit.isdigit():
+    if not (limit.isascii() and limit.isdigit()):  # str.isdigit alone takes "²", int() not
         raise BadRequest("'limit' must be a non-negative integer.")
     events = [event.as_dict() for event in state.usage.recent.latest(int(limit))]
     return Response(200, orjson.dumps({"data": events}))

@@ -88,6 +88,7 @@ class RuleBook:
         ]
         # Whether any call reserves tokens or spend: then every prompt is counted.
         self.reserves_tokens = any(r.kind in ("tokens", "budget") for rs in every for r in rs)
+        self.has_rules = any(every)
 
     def for_endpoint(self, key_id: str, endpoint: str) -> tuple[Rule, ...]:
         """The rules of one endpoint alone: its own, and this key's on it."""
