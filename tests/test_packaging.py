@@ -137,7 +137,9 @@ def test_the_exceptions_are_still_needed() -> None:
 
 def test_the_dev_extra_covers_what_the_tests_import() -> None:
     missing = undeclared(REPO / "tests", declared() | declared_dev())
-    assert not missing, f"imported by tests/ but in neither dependencies nor the dev extra: {missing}"
+    assert not missing, (
+        f"imported by tests/ but in neither dependencies nor the dev extra: {missing}"
+    )
 
 
 def test_the_lock_pins_every_declared_dependency() -> None:
@@ -148,4 +150,6 @@ def test_the_lock_pins_every_declared_dependency() -> None:
             r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", (REPO / "requirements.lock").read_text(), re.M
         )
     }
-    assert not (declared() | declared_dev()) - locked, "run `make lock` after editing requirements.in"
+    assert not (declared() | declared_dev()) - locked, (
+        "run `make lock` after editing requirements.in"
+    )
