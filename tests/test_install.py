@@ -98,7 +98,7 @@ def installer() -> list[str]:
     chosen = os.environ.get("GATEWAY_INSTALL_WITH") or ("uv" if uv.exists() else "pip")
     if chosen == "uv":
         assert uv.exists(), f"GATEWAY_INSTALL_WITH=uv, but there is no {uv}"
-        return [str(uv), "pip", "install", "--python"]
+        return [str(uv), "pip", "install", "--no-config", "--python"]  # no uv.toml constraints
     assert chosen == "pip", f"GATEWAY_INSTALL_WITH={chosen!r}: pip or uv"
     return []
 
