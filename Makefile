@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup serve demo-model test check lint lock bench
+.PHONY: setup serve demo-model test check check-install lint lock bench
 
 setup:
 	@scripts/setup
@@ -21,6 +21,11 @@ lint: setup
 	.venv/bin/mypy
 
 check: lint test
+
+# Only the fresh-venv install from pyproject.toml, without the lock (also part of `make test`;
+# GATEWAY_SKIP_INSTALL_TEST=1 skips it there, GATEWAY_INSTALL_WITH=pip uses pip instead of uv).
+check-install: setup
+	$(PY) -m pytest -m install
 
 # Re-pin every dependency (with hashes) after editing requirements.in.
 lock:

@@ -55,13 +55,17 @@ def run_gateway(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     wait: bool = True,
+    python: str = sys.executable,
+    cwd: Path | None = None,
 ) -> Iterator[GatewayProcess]:
+    """`python -m gateway serve` on a free port. `python` is another interpreter (a fresh venv's,
+    tests/test_install.py); give it a `cwd` outside the repo, or `-m` imports the repo's copy."""
     port = free_port()
     log_path = workdir / f"gateway-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable,
+                python,
                 "-m",
                 "gateway",
                 "serve",
@@ -74,6 +78,7 @@ def run_gateway(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
