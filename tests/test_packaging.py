@@ -28,10 +28,6 @@ USED_WITHOUT_IMPORT = {
     "hiredis": "redis-py parses replies with it when it is installed (limits, reload broadcast)",
     "pyarrow": "Parquet bodies: MLflow's parse_parquet_input reads them with pandas + pyarrow",
 }
-# Mid-change: gateway/api/openapi.py still builds /docs with FastAPI (which MLflow installs) while
-# /docs moves to swagger-ui-bundle. When that lands, delete both entries (the test says so).
-IMPORTED_UNTIL_REMOVED = {"fastapi": "gateway/api/openapi.py, until /docs uses swagger-ui-bundle"}
-DECLARED_BEFORE_IMPORTED = {"swagger-ui-bundle": "offline /docs (the openapi change)"}
 
 
 def normalize(name: str) -> str:
@@ -116,10 +112,9 @@ def used_distributions(root: Path) -> set[str]:
 
 
 def test_the_dependencies_are_exactly_what_gateway_imports() -> None:
-    missing = undeclared(REPO / "gateway", declared() | IMPORTED_UNTIL_REMOVED.keys())
+    missing = undeclared(REPO / "gateway", declared())
     assert not missing, f"imported by gateway/ but not in [project].dependencies: {missing}"
     unused = declared() - used_distributions(REPO / "gateway") - USED_WITHOUT_IMPORT.keys()
-    unused -= DECLARED_BEFORE_IMPORTED.keys()
     assert not unused, f"in [project].dependencies but imported nowhere in gateway/: {unused}"
 
 
@@ -128,11 +123,6 @@ def test_the_exceptions_are_still_needed() -> None:
     for name, why in USED_WITHOUT_IMPORT.items():
         assert name in declared(), f"{name} ({why}) is not declared"
         assert name not in used, f"{name} is imported now: drop it from USED_WITHOUT_IMPORT"
-    for name in IMPORTED_UNTIL_REMOVED:
-        assert name in used, f"{name} is no longer imported: drop it from IMPORTED_UNTIL_REMOVED"
-        assert name not in declared(), f"{name} is declared: drop it from IMPORTED_UNTIL_REMOVED"
-    for name in DECLARED_BEFORE_IMPORTED:
-        assert name not in used, f"{name} is imported now: drop it from DECLARED_BEFORE_IMPORTED"
 
 
 def test_the_dev_extra_covers_what_the_tests_import() -> None:
