@@ -18,9 +18,13 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check gateway tests bench
+	.venv/bin/ruff format --check gateway tests bench
 	.venv/bin/mypy
 
-check: lint test
+# Lint, then the tests with line coverage of gateway/ (gateway subprocesses included, see
+# [tool.coverage.run] in pyproject.toml) and a 90 % floor.
+check: lint
+	$(PY) -m pytest --cov --cov-report=term-missing --cov-fail-under=90
 
 # Re-pin every dependency (with hashes) after editing requirements.in.
 lock:
