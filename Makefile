@@ -18,9 +18,13 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check gateway tests bench
+	.venv/bin/ruff format --check gateway tests bench
 	.venv/bin/mypy
 
-check: lint test
+# Lint, then the tests with line coverage of gateway/ (gateway subprocesses included, see
+# [tool.coverage.run] in pyproject.toml) and a 90 % floor.
+check: lint
+	$(PY) -m pytest --cov --cov-report=term-missing --cov-fail-under=90
 
 # Only the fresh-venv install from pyproject.toml, without the lock (also part of `make test`;
 # GATEWAY_SKIP_INSTALL_TEST=1 skips it there, GATEWAY_INSTALL_WITH=pip uses pip instead of uv).

@@ -26,6 +26,8 @@ import anthropic
 import httpx
 import openai
 import pytest
+from anthropic.types import MessageParam, TextBlock
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.auth.keys import key_digest
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -36,12 +38,25 @@ from tests.gateway_process import GatewayProcess, run_gateway, write_config
 APP_KEY = "gw-app-test-key-0123456789abcdef0123"
 ADMIN_KEY = "gw-admin-test-key-0123456789abcdef012"
 UPSTREAM_KEY = "sk-upstream-secret-4242"  # what deployments present upstream; never shown
-USER = [{"role": "user", "content": "hello big world"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello big world"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "hello big world"}]  # the same
 HELLO_REPLY = "echo: hello big world"
 HELLO_PROMPT_TOKENS = 3 + 3  # the fakes' count: words + 3 per message
 HELLO_COMPLETION_TOKENS = 4
 
 FAKE_FIXTURES = ("openai_fake", "openai_fake_b", "anthropic_fake")
+
+
+def text_of(block: object) -> str:
+    """The text of an Anthropic content block, which must be a text block."""
+    assert isinstance(block, TextBlock), block
+    return block.text
+
+
+def error_body(error: openai.APIError | anthropic.APIError) -> dict[str, Any]:
+    """The JSON body of an SDK's error (both SDKs type it `object`)."""
+    assert isinstance(error.body, dict), error.body
+    return error.body
 
 
 def request_id() -> str:
@@ -96,7 +111,9 @@ def usage_event(gateway: GatewayProcess, rid: str, timeout: float = 3.0) -> dict
             headers={"authorization": f"Bearer {ADMIN_KEY}"},
         )
         assert response.status_code == 200, response.text
-        found = [event for event in response.json()["data"] if event["client_request_id"] == rid]
+        found: list[dict[str, Any]] = [
+            event for event in response.json()["data"] if event["client_request_id"] == rid
+        ]
         if found:
             assert len(found) == 1, found
             return found[0]
@@ -108,7 +125,8 @@ def usage_event(gateway: GatewayProcess, rid: str, timeout: float = 3.0) -> dict
 def ready(gateway: GatewayProcess) -> dict[str, Any]:
     response = httpx.get(f"{gateway.url}/ready")
     assert response.status_code == 200, response.text
-    return response.json()
+    state: dict[str, Any] = response.json()
+    return state
 
 
 def openai_client(

@@ -5,29 +5,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import cast
 
 import anthropic
 import httpx
 import pytest
+from anthropic.types import ToolChoiceParam, ToolParam
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import wait_until
 from tests.gateway_process import GatewayProcess
 from tests.llm_fixtures import (  # noqa: F401  (fixtures)
     APP_KEY,
+    CLAUDE_USER,
     HELLO_REPLY,
     UPSTREAM_KEY,
     USER,
     anthropic_client,
     claude_sdk_fixture,
     clean_fakes_fixture,
+    error_body,
     llm_gateway,
     openai_fake_fixture,
     request_id,
+    text_of,
     usage_event,
 )
 
-WEATHER_TOOL = {
+WEATHER_TOOL: ToolParam = {
     "name": "get_weather",
     "description": "The weather in a city.",
     "input_schema": {
@@ -71,7 +76,7 @@ def test_a_message_with_a_system_prompt(
         model="chat",
         max_tokens=100,
         system="be brief",
-        messages=USER,
+        messages=CLAUDE_USER,
         stop_sequences=["END"],
         extra_body={"temperature": 0.5},  # not a parameter of this SDK version any more
         extra_headers={"x-request-id": rid},
@@ -81,7 +86,7 @@ def test_a_message_with_a_system_prompt(
     assert message.role == "assistant"
     assert message.model == "chat"
     assert message.id.startswith("msg_")
-    assert [(block.type, block.text) for block in message.content] == [("text", HELLO_REPLY)]
+    assert [(block.type, text_of(block)) for block in message.content] == [("text", HELLO_REPLY)]
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (2 + 3 + 6, 4)
     assert raw.headers["x-served-model"] == "chat/0"
@@ -102,8 +107,8 @@ def test_a_message_with_a_system_prompt(
 
 
 def test_max_tokens_reached_is_the_stop_reason(claude_sdk: anthropic.Anthropic) -> None:
-    message = claude_sdk.messages.create(model="chat", max_tokens=2, messages=USER)
-    assert message.content[0].text == "echo: hello"
+    message = claude_sdk.messages.create(model="chat", max_tokens=2, messages=CLAUDE_USER)
+    assert text_of(message.content[0]) == "echo: hello"
     assert message.stop_reason == "max_tokens"
 
 
@@ -115,14 +120,14 @@ def test_a_streamed_message(
         model="chat",
         max_tokens=100,
         system=[{"type": "text", "text": "be brief"}],
-        messages=USER,
+        messages=CLAUDE_USER,
         extra_headers={"x-request-id": rid},
     ) as stream:
         assert stream.response.headers["x-served-model"] == "chat/0"
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert pieces == ["echo:", " hello", " big", " world"]
-    assert final.content[0].text == HELLO_REPLY
+    assert text_of(final.content[0]) == HELLO_REPLY
     assert final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 4)
     body = openai_fake.requests[-1].body
@@ -182,7 +187,7 @@ def test_tools_are_translated_to_openai_tools(
             },
         ],
     )
-    assert message.content[0].text == "echo: sunny and warm"
+    assert text_of(message.content[0]) == "echo: sunny and warm"
     body = openai_fake.requests[-1].body
     assert body["tools"] == [
         {
@@ -216,8 +221,8 @@ def test_tool_choice_kinds(
         model="chat",
         max_tokens=10,
         tools=[WEATHER_TOOL],
-        tool_choice={"type": choice},
-        messages=USER,
+        tool_choice=cast(ToolChoiceParam, {"type": choice}),
+        messages=CLAUDE_USER,
     )
     assert openai_fake.requests[-1].body["tool_choice"] == expected
 
@@ -241,7 +246,7 @@ def test_an_image_block_becomes_an_image_url_part(
             }
         ],
     )
-    assert message.content[0].text == "echo: what is this"
+    assert text_of(message.content[0]) == "echo: what is this"
     assert openai_fake.requests[-1].body["messages"] == [
         {
             "role": "user",
@@ -258,7 +263,7 @@ def test_an_image_block_becomes_an_image_url_part(
 
 def test_an_unknown_model_is_not_found(claude_sdk: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as error:
-        claude_sdk.messages.create(model="nope", max_tokens=10, messages=USER)
+        claude_sdk.messages.create(model="nope", max_tokens=10, messages=CLAUDE_USER)
     assert error.value.body == {
         "type": "error",
         "error": {"type": "not_found_error", "message": "The model 'nope' does not exist."},
@@ -272,20 +277,22 @@ def test_without_a_key_is_an_authentication_error(gateway: GatewayProcess) -> No
         anthropic.Anthropic(base_url=gateway.url, api_key=None, max_retries=0) as anonymous,
         pytest.raises(anthropic.AuthenticationError) as error,
     ):
-        anonymous.messages.create(model="chat", max_tokens=10, messages=USER, extra_headers=no_key)
-    assert error.value.body["error"]["type"] == "authentication_error"
-    assert "Missing API key" in error.value.body["error"]["message"]
+        anonymous.messages.create(
+            model="chat", max_tokens=10, messages=CLAUDE_USER, extra_headers=no_key
+        )
+    assert error_body(error.value)["error"]["type"] == "authentication_error"
+    assert "Missing API key" in error_body(error.value)["error"]["message"]
     with (
         anthropic_client(gateway, key="gw-wrong") as wrong,
         pytest.raises(anthropic.AuthenticationError),
     ):
-        wrong.messages.create(model="chat", max_tokens=10, messages=USER)
+        wrong.messages.create(model="chat", max_tokens=10, messages=CLAUDE_USER)
 
 
 def test_a_key_not_allowed_is_a_permission_error(claude_sdk: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.PermissionDeniedError) as error:
-        claude_sdk.messages.create(model="secret", max_tokens=10, messages=USER)
-    assert error.value.body["error"]["type"] == "permission_error"
+        claude_sdk.messages.create(model="secret", max_tokens=10, messages=CLAUDE_USER)
+    assert error_body(error.value)["error"]["type"] == "permission_error"
 
 
 @pytest.mark.parametrize(
@@ -320,8 +327,8 @@ def test_an_upstream_400_is_an_anthropic_bad_request(
 ) -> None:
     openai_fake.inject("status", status=400, message="context length exceeded")
     with pytest.raises(anthropic.BadRequestError) as error:
-        claude_sdk.messages.create(model="chat", max_tokens=10, messages=USER)
-    assert error.value.body["error"]["message"] == "context length exceeded"
+        claude_sdk.messages.create(model="chat", max_tokens=10, messages=CLAUDE_USER)
+    assert error_body(error.value)["error"]["message"] == "context length exceeded"
 
 
 def test_upstream_failures_are_a_502_api_error(
@@ -329,9 +336,9 @@ def test_upstream_failures_are_a_502_api_error(
 ) -> None:
     openai_fake.inject("status", times=2, status=500)
     with pytest.raises(anthropic.APIStatusError) as error:
-        claude_sdk.messages.create(model="chat", max_tokens=10, messages=USER)
+        claude_sdk.messages.create(model="chat", max_tokens=10, messages=CLAUDE_USER)
     assert error.value.status_code == 502
-    assert error.value.body["error"]["type"] == "api_error"
+    assert error_body(error.value)["error"]["type"] == "api_error"
     assert UPSTREAM_KEY not in error.value.response.text
 
 
@@ -346,7 +353,7 @@ def test_a_stalled_stream_ends_with_an_error_event(
         claude_sdk.messages.stream(
             model="chat",
             max_tokens=100,
-            messages=USER,
+            messages=CLAUDE_USER,
             extra_headers={"x-request-id": rid},
         ) as stream,
     ):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.loading import load_config_file, parse_config
+from gateway.config.schema import CustomEndpointConfig
 from gateway.errors import ConfigError
 from gateway.runtime import build_runtime
 
@@ -62,12 +63,16 @@ def test_interpolation_uses_the_environment_then_the_default() -> None:
     text = "registry_uri: ${REG}\nendpoints:" + endpoint(model="'${MODEL_DIR:-./fallback}'")
     loaded = parse_config(text, environ={"REG": "sqlite:///x.db"})
     assert loaded.config.registry_uri == "sqlite:///x.db"
-    assert loaded.config.endpoints[0].served_models[0].model == "./fallback"
+    custom = loaded.config.endpoints[0]
+    assert isinstance(custom, CustomEndpointConfig)
+    assert custom.served_models[0].model == "./fallback"
 
 
 def test_a_doubled_dollar_escapes_interpolation() -> None:
     loaded = parse_config("endpoints:" + endpoint(model="'./a$${B}'"), environ={})
-    assert loaded.config.endpoints[0].served_models[0].model == "./a${B}"
+    custom = loaded.config.endpoints[0]
+    assert isinstance(custom, CustomEndpointConfig)
+    assert custom.served_models[0].model == "./a${B}"
 
 
 def test_a_literal_key_is_rejected() -> None:

@@ -11,19 +11,24 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx
 import httpx2
 import openai
 import pytest
+from anthropic.types import MessageParam, TextBlockParam
+from openai.types.chat import ChatCompletionContentPartTextParam, ChatCompletionMessageParam
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI, embedding_for
 from tests.fakes.server import wait_until
 from tests.gateway_process import free_port
+from tests.llm_fixtures import text_of
 
-USER = [{"role": "user", "content": "hello big world"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello big world"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "hello big world"}]  # the same
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,10 @@ def test_chat_completion(fake: FakeOpenAI, client: openai.OpenAI) -> None:
 
 
 def test_chat_content_parts_and_max_tokens(client: openai.OpenAI) -> None:
-    parts = [{"type": "text", "text": "one two"}, {"type": "text", "text": "three  four"}]
+    parts: list[ChatCompletionContentPartTextParam] = [
+        {"type": "text", "text": "one two"},
+        {"type": "text", "text": "three  four"},
+    ]
     completion = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": parts}], max_tokens=3
     )
@@ -109,7 +117,7 @@ def test_chat_content_parts_and_max_tokens(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_chat_stream(client: openai.OpenAI, include_usage: bool) -> None:
-    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    options: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
     with client.chat.completions.create(model="m", messages=USER, stream=True, **options) as stream:
         chunks = list(stream)
     assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
@@ -405,11 +413,11 @@ def test_standalone_process() -> None:
 
 def test_anthropic_message(claude_fake: FakeAnthropic, claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
-        model="claude-x", max_tokens=100, system="be terse", messages=USER
+        model="claude-x", max_tokens=100, system="be terse", messages=CLAUDE_USER
     )
     assert message.id.startswith("msg_")
     assert (message.type, message.role, message.model) == ("message", "assistant", "claude-x")
-    assert [(block.type, block.text) for block in message.content] == [
+    assert [(block.type, text_of(block)) for block in message.content] == [
         ("text", "echo: hello big world")
     ]
     assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
@@ -422,21 +430,21 @@ def test_anthropic_message(claude_fake: FakeAnthropic, claude: anthropic.Anthrop
 
 
 def test_anthropic_max_tokens_and_blocks(claude: anthropic.Anthropic) -> None:
-    content = [{"type": "text", "text": "a b"}, {"type": "text", "text": "c"}]
+    content: list[TextBlockParam] = [{"type": "text", "text": "a b"}, {"type": "text", "text": "c"}]
     message = claude.messages.create(
         model="m", max_tokens=2, messages=[{"role": "user", "content": content}]
     )
-    assert message.content[0].text == "echo: a"
+    assert text_of(message.content[0]) == "echo: a"
     assert message.stop_reason == "max_tokens"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (6, 2)
 
 
 def test_anthropic_stream(claude_fake: FakeAnthropic, claude: anthropic.Anthropic) -> None:
-    with claude.messages.stream(model="m", max_tokens=50, messages=USER) as stream:
+    with claude.messages.stream(model="m", max_tokens=50, messages=CLAUDE_USER) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "echo: hello big world"
-    assert final.content[0].text == text
+    assert text_of(final.content[0]) == text
     assert final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (6, 4)
     assert claude_fake.requests[-1].body["stream"] is True
@@ -471,13 +479,13 @@ def test_anthropic_errors(claude_fake: FakeAnthropic, claude: anthropic.Anthropi
     claude_fake.inject("status", status=529)
     claude_fake.inject("status", status=429, retry_after="0.1")
     with pytest.raises(anthropic.InternalServerError) as overloaded:
-        claude.messages.create(model="m", max_tokens=5, messages=USER)
+        claude.messages.create(model="m", max_tokens=5, messages=CLAUDE_USER)
     assert overloaded.value.status_code == 529
     assert isinstance(overloaded.value.body, dict)
     assert overloaded.value.body["type"] == "error"
     assert overloaded.value.body["error"]["type"] == "overloaded_error"
     with pytest.raises(anthropic.RateLimitError) as limited:
-        claude.messages.create(model="m", max_tokens=5, messages=USER)
+        claude.messages.create(model="m", max_tokens=5, messages=CLAUDE_USER)
     assert limited.value.response.headers["retry-after"] == "0.1"
     with pytest.raises(anthropic.BadRequestError):
         claude.messages.create(model="m", max_tokens=5, messages=[])
@@ -495,7 +503,7 @@ def test_anthropic_stream_faults(claude_fake: FakeAnthropic, claude: anthropic.A
         pytest.raises(
             httpx2.RemoteProtocolError
         ),  # anthropic 2.x's transport, unwrapped mid-stream
-        claude.messages.stream(model="m", max_tokens=50, messages=USER) as stream,
+        claude.messages.stream(model="m", max_tokens=50, messages=CLAUDE_USER) as stream,
     ):
         pieces.extend(stream.text_stream)
     assert pieces == ["echo:"]  # events: message_start, content_block_start, ping, 1st delta
@@ -512,6 +520,6 @@ def test_anthropic_api_key_and_models() -> None:
     with FakeAnthropic(api_key="good", models=["claude-a"]) as fake:
         bad = anthropic.Anthropic(base_url=fake.base_url, api_key="bad", max_retries=0)
         with bad, pytest.raises(anthropic.AuthenticationError):
-            bad.messages.create(model="m", max_tokens=5, messages=USER)
+            bad.messages.create(model="m", max_tokens=5, messages=CLAUDE_USER)
         with anthropic.Anthropic(base_url=fake.base_url, api_key="good", max_retries=0) as sdk:
             assert [model.id for model in sdk.models.list()] == ["claude-a"]

@@ -38,11 +38,18 @@ import redis
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from gateway.auth import key_digest
+from gateway.auth.keys import key_digest
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
-from tests.llm_fixtures import HELLO_REPLY, USER, anthropic_client, openai_client
+from tests.llm_fixtures import (
+    CLAUDE_USER,
+    HELLO_REPLY,
+    USER,
+    anthropic_client,
+    openai_client,
+    text_of,
+)
 from tests.models import IRIS_COLUMNS, IRIS_ONE_ROW
 
 pytestmark = [
@@ -317,8 +324,8 @@ def test_an_external_anthropic_endpoint_goes_through_litellm(
         assert text == HELLO_REPLY
     assert anthropic_fake.requests[0].path == "/v1/messages"
     with anthropic_client(gateway, key=APP_KEY) as claude:
-        message = claude.messages.create(model="llama", max_tokens=32, messages=USER)
-    assert message.content[0].text == HELLO_REPLY
+        message = claude.messages.create(model="llama", max_tokens=32, messages=CLAUDE_USER)
+    assert text_of(message.content[0]) == HELLO_REPLY
 
 
 def ledger_row(rid: str, timeout: float = 10) -> asyncpg.Record:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -91,7 +92,7 @@ def test_a_group_without_endpoint_globs_allows_every_endpoint(gateway: GatewayPr
     ],
 )
 def test_invalid_tokens_get_401_in_the_protocol_shape(
-    gateway: GatewayProcess, claims: dict[str, object], message: str
+    gateway: GatewayProcess, claims: dict[str, Any], message: str
 ) -> None:
     response = call(gateway, "iris", mint(RSA, groups=["scientists"], **claims))
     assert response.status_code == 401

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
@@ -58,7 +59,7 @@ def test_token_limits_reserve_max_tokens_and_reconcile_to_actual_usage(
     gateway: GatewayProcess,
 ) -> None:
     sdk = client(gateway, KEY)
-    message = [{"role": "user", "content": "two words"}]
+    message: list[ChatCompletionMessageParam] = [{"role": "user", "content": "two words"}]
     raw = sdk.chat.completions.with_raw_response.create(
         model="chat", messages=message, max_tokens=40
     )
@@ -90,7 +91,7 @@ def test_a_request_larger_than_the_limit_is_refused_without_retry_after(
 
 def test_a_spent_budget_is_a_429_budget_exceeded(gateway: GatewayProcess) -> None:
     sdk = client(gateway, BUDGET_KEY)
-    message = [{"role": "user", "content": "hello"}]
+    message: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
     # each call really costs 6 tokens at $1000 per million: $0.006 of the $0.01 a day
     first = sdk.chat.completions.with_raw_response.create(
         model="chat", messages=message, max_tokens=1

@@ -12,6 +12,7 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.server import wait_until
 from tests.gateway_process import GatewayProcess
 from tests.llm_fixtures import (  # noqa: F401  (fixtures)
+    CLAUDE_USER,
     HELLO_REPLY,
     USER,
     anthropic_client,
@@ -20,6 +21,7 @@ from tests.llm_fixtures import (  # noqa: F401  (fixtures)
     llm_gateway,
     request_id,
     sdk_fixture,
+    text_of,
     usage_event,
     with_id,
 )
@@ -120,8 +122,8 @@ def test_claude_from_the_anthropic_sdk_round_trips(
     gateway: GatewayProcess, anthropic_fake: FakeAnthropic
 ) -> None:
     with anthropic_client(gateway) as claude:
-        message = claude.messages.create(model="claude", max_tokens=32, messages=USER)
-    assert message.content[0].text == HELLO_REPLY
+        message = claude.messages.create(model="claude", max_tokens=32, messages=CLAUDE_USER)
+    assert text_of(message.content[0]) == HELLO_REPLY
     assert (message.usage.input_tokens, message.usage.output_tokens) == (6, 4)
 
 
@@ -229,10 +231,10 @@ def test_a_chat_model_rejects_other_tasks(sdk: openai.OpenAI) -> None:
 
 def test_anthropic_messages_reach_a_chat_model(gateway: GatewayProcess) -> None:
     with anthropic_client(gateway) as claude:
-        message = claude.messages.create(model="echo", max_tokens=32, messages=USER)
-    assert message.content[0].text == HELLO_REPLY
+        message = claude.messages.create(model="echo", max_tokens=32, messages=CLAUDE_USER)
+    assert text_of(message.content[0]) == HELLO_REPLY
     with (
         anthropic_client(gateway) as claude,
-        claude.messages.stream(model="echo", max_tokens=32, messages=USER) as stream,
+        claude.messages.stream(model="echo", max_tokens=32, messages=CLAUDE_USER) as stream,
     ):
         assert "".join(stream.text_stream) == HELLO_REPLY

@@ -20,6 +20,7 @@ from tests.llm_fixtures import (  # noqa: F401  (fixtures)
     USER,
     async_openai_client,
     clean_fakes_fixture,
+    error_body,
     llm_gateway,
     openai_fake_b_fixture,
     openai_fake_fixture,
@@ -101,7 +102,7 @@ def test_an_upstream_400_is_passed_through_without_retry(
     with pytest.raises(openai.BadRequestError) as error:
         sdk.chat.completions.create(model="flaky", messages=USER, **with_id(rid))
     assert error.value.status_code == 400
-    assert error.value.body["message"] == "max_tokens is too large for this model"
+    assert error_body(error.value)["message"] == "max_tokens is too large for this model"
     assert error.value.type == "invalid_request_error"
     assert len(openai_fake.requests) == 1  # a client error is not retried
     event = usage_event(gateway, rid)

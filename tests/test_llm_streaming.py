@@ -80,7 +80,7 @@ def test_chunks_are_relayed_and_usage_is_asked_but_not_shown(
     stream_options: dict[str, bool] | None,
 ) -> None:
     rid = request_id()
-    extra = {} if stream_options is None else {"stream_options": stream_options}
+    extra: dict[str, Any] = {} if stream_options is None else {"stream_options": stream_options}
     with sdk.chat.completions.create(
         model="chat", messages=USER, stream=True, temperature=0, **extra, **with_id(rid)
     ) as stream:

@@ -5,7 +5,7 @@ local`, a subprocess) and to the gateway (a subprocess too) serving the same mod
 codes, media types and parsed JSON bodies must be equal, `error_code` and `message` included.
 
 The gateway differs from MLflow on purpose in a few places (module docstring of
-gateway/backends/scoring.py). A case that hits one names it in `expected_difference`, and
+gateway/models/scoring.py). A case that hits one names it in `expected_difference`, and
 `what_the_gateway_should_answer` turns MLflow's answer into the gateway's for exactly that
 difference, after checking that MLflow really answered the way the difference assumes. Anything
 else that differs fails the test.
@@ -59,7 +59,7 @@ MLFLOW_MODEL_RAISED = (
     "Encountered an unexpected error while evaluating the model. Verify that the serialized"
     " input Dataframe is compatible with the model for inference."
 )
-# The gateway's answer to a request without Content-Type (gateway/backends/scoring.py).
+# The gateway's answer to a request without Content-Type (gateway/models/scoring.py).
 GATEWAY_MISSING_CONTENT_TYPE = (
     "Missing Content-Type header. This predictor only supports the following content types:"
     " Types: ['text/csv', 'application/json', 'application/vnd.apache.parquet']."

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,10 +81,11 @@ def admin_post(gateway: GatewayProcess, path: str, content: str = "") -> httpx.R
     )
 
 
-def admin_config(gateway: GatewayProcess) -> dict:
-    return httpx.get(
+def admin_config(gateway: GatewayProcess) -> dict[str, Any]:
+    config: dict[str, Any] = httpx.get(
         f"{gateway.url}/admin/config", headers={"authorization": f"Bearer {ADMIN}"}
     ).json()
+    return config
 
 
 def test_reloads_under_load_fail_no_request(

@@ -8,7 +8,7 @@ import io
 from gateway.metering.report import to_csv, to_table
 
 COLUMNS = ("principal", "day", "requests", "cost_usd", "avg_latency_ms")
-TOTALS = [
+TOTALS: list[dict[str, object]] = [
     dict(zip(COLUMNS, ("alice", "2023-11-14", 2, 0.5, 10.0), strict=True)),
     dict(zip(COLUMNS, ("bob, jr", "2023-11-15", 12, 1.25, None), strict=True)),
 ]
