@@ -1,4 +1,4 @@
-# The two commands of the README: `make serve` (demo) and `make test`.
+# The two commands of the README: `make serve` (demo) and `make check` (lint and the tests; CI).
 PY := .venv/bin/python
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
