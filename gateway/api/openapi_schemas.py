@@ -130,6 +130,24 @@ _COMMON_REQUEST: dict[str, Schema] = {
     "max_tokens": _POSITIVE_INT,
 }
 
+
+def _completion(kind: str) -> Schema:
+    """A chat or text completion as upstreams answer it (relayed as it came)."""
+    return {
+        "type": "object",
+        "required": ["choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "examples": [kind]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": _OPEN},
+            "usage": _USAGE,
+        },
+        "additionalProperties": True,
+    }
+
+
 _OPENAI: dict[str, Schema] = {
     "ChatMessage": {
         "type": "object",
@@ -155,38 +173,14 @@ _OPENAI: dict[str, Schema] = {
         },
         "additionalProperties": True,
     },
-    "ChatCompletion": {
-        "type": "object",
-        "required": ["choices"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "examples": ["chat.completion"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {"type": "array", "items": _OPEN},
-            "usage": _USAGE,
-        },
-        "additionalProperties": True,
-    },
+    "ChatCompletion": _completion("chat.completion"),
     "CompletionRequest": {
         "type": "object",
         "required": ["model", "prompt"],
         "properties": {**_COMMON_REQUEST, "prompt": _TEXT_OR_TEXTS},
         "additionalProperties": True,
     },
-    "Completion": {
-        "type": "object",
-        "required": ["choices"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "examples": ["text_completion"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {"type": "array", "items": _OPEN},
-            "usage": _USAGE,
-        },
-        "additionalProperties": True,
-    },
+    "Completion": _completion("text_completion"),
     "EmbeddingRequest": {
         "type": "object",
         "required": ["model", "input"],
@@ -382,5 +376,6 @@ _OPERATIONS: dict[str, Schema] = {
         },
     },
 }
+
 
 SCHEMAS: dict[str, Schema] = {**_ERRORS, **_SCORING, **_OPENAI, **_ANTHROPIC, **_OPERATIONS}
