@@ -189,5 +189,3 @@ async def _unless_client_leaves(request: Request, call: Coroutine[Any, Any, Resu
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
-
-
