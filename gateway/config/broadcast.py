@@ -148,8 +148,8 @@ class ReloadBroadcast:
         if reason not in self._logged:
             self._logged.add(reason)
             logger.warning(
-                "reload broadcast: ignored a %s message on %r (further ones are only counted in"
-                " gateway_reload_broadcasts_rejected_total)",
+                "reload broadcast: ignored a message (%s) on %r; further ones are only counted"
+                " in gateway_reload_broadcasts_rejected_total",
                 reason,
                 self._channel,
             )
