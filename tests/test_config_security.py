@@ -192,7 +192,7 @@ def test_the_broadcast_secret_must_come_from_the_environment() -> None:
     (issue,) = caught.value.issues
     assert issue.path == "reload.broadcast_secret" and BROADCAST_SECRET not in str(issue)
     with pytest.raises(ConfigError) as caught:
-        parse_config("reload: {broadcast_secret: ${S}}\n", environ={"S": "short-secret"})
+        parse_config('reload: {broadcast_secret: "${S}"}\n', environ={"S": "short-secret"})
     assert [str(i) for i in caught.value.issues] == [
         "reload.broadcast_secret: must be at least 32 characters"
         " (e.g. the output of `openssl rand -hex 32`)"
@@ -295,7 +295,7 @@ def test_a_reload_that_changes_a_restart_only_setting_is_refused(tmp_path: Path)
 
 
 def broadcast_tail(channel: str, *, secret: bool = True) -> str:
-    secret_field = ", broadcast_secret: ${GW_SEC_BROADCAST_SECRET}" if secret else ""
+    secret_field = ', broadcast_secret: "${GW_SEC_BROADCAST_SECRET}"' if secret else ""
     return f'reload: {{broadcast: "{REDIS_URL}", channel: "{channel}"{secret_field}}}\n'
 
 

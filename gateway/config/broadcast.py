@@ -59,6 +59,11 @@ def seal(secret: bytes, channel: str, origin: str, text: str, *, now: float | No
     return VERSION + b"." + signature(secret, channel, body) + b"." + body
 
 
+class _Rejected(Exception):
+    def __init__(self, reason: Rejection) -> None:
+        self.reason = reason
+
+
 class ReloadBroadcast:
     def __init__(
         self,
@@ -107,38 +112,41 @@ class ReloadBroadcast:
         data = message.get("data")
         if message.get("type") != "message" or not isinstance(data, bytes):
             return
-        opened = self._open(data)
-        if isinstance(opened, str):
-            await self._apply(opened)
-        elif opened is not None:
-            self._reject(opened)
+        try:
+            text = self._open(data)
+        except _Rejected as rejected:
+            self._reject(rejected.reason)
+            return
+        if text is not None:
+            await self._apply(text)
 
-    def _open(self, data: bytes) -> str | Rejection | None:
-        """The YAML text of a message to apply; a rejection; None for this process's own."""
+    def _open(self, data: bytes) -> str | None:
+        """The YAML text of a message to apply, or None for this process's own message;
+        raises _Rejected for any other."""
         if len(data) > MAX_MESSAGE_BYTES:
-            return "malformed"
+            raise _Rejected("malformed")
         version, _, rest = data.partition(b".")
         claimed, _, body = rest.partition(b".")
         if version != VERSION or len(claimed) != 64 or not body:
-            return "unsigned"
+            raise _Rejected("unsigned")
         if not hmac.compare_digest(claimed, signature(self._secret, self._channel, body)):
-            return "forged"
+            raise _Rejected("forged")
         try:  # only a message signed with the secret is parsed
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return "malformed"
+            raise _Rejected("malformed") from None
         if not isinstance(payload, dict):
-            return "malformed"
+            raise _Rejected("malformed")
         origin, ts, nonce, text = (payload.get(k) for k in ("origin", "ts", "nonce", "text"))
         if not (isinstance(ts, int | float) and isinstance(nonce, str) and isinstance(text, str)):
-            return "malformed"
+            raise _Rejected("malformed")
         if origin == self._origin:
             return None
         now = time.time()
         if abs(now - ts) > MAX_AGE_S:
-            return "stale"
+            raise _Rejected("stale")
         if nonce in self._seen:
-            return "replayed"
+            raise _Rejected("replayed")
         self._seen = {n: t for n, t in self._seen.items() if abs(now - t) <= MAX_AGE_S}
         self._seen[nonce] = ts
         return text
