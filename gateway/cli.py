@@ -107,9 +107,13 @@ def _check(path: str) -> int:
 
     try:
         loaded = load_config_file(path)
-        runtime = build_runtime(loaded)
     except ConfigError as exc:
         _print_issues(exc)
+        return 1
+    try:
+        runtime = build_runtime(loaded)
+    except ConfigError as exc:  # never print a value read from the environment
+        _print_issues(loaded.substitutions.scrub_error(exc))
         return 1
     for name, endpoint in runtime.endpoints.items():
         print(f"ok  {name}: {orjson.dumps(endpoint.describe()).decode()}")

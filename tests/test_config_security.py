@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -48,10 +49,11 @@ def gateway_config(*, auth: bool = True, extra_endpoint: str = "", tail: str = "
     )
 
 
-def admin_config(gateway: GatewayProcess) -> dict:
+def admin_config(gateway: GatewayProcess) -> dict[str, Any]:
     answer = httpx.get(f"{gateway.url}/admin/config", headers={"authorization": f"Bearer {ADMIN}"})
     assert answer.status_code == 200, answer.text
-    return answer.json()
+    state: dict[str, Any] = answer.json()
+    return state
 
 
 def reload(gateway: GatewayProcess, text: str, timeout: float = 60) -> httpx.Response:
