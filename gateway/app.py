@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +72,7 @@ class GatewayApp:
             limiter=limiter,
             reloader=reloader,
         )
-        self._triggers = ReloadTriggers(reloader, self.holder)
+        self._triggers = ReloadTriggers(reloader, self.holder, metrics)
         self._router = Router(ROUTES)
         self._on_fatal = on_fatal
         self._loading: asyncio.Task[None] | None = None
@@ -180,15 +181,15 @@ class GatewayApp:
             await self.state.usage.open_ledger(self.loaded.config.usage, self.loaded.base_dir)
             runtime = await asyncio.to_thread(self._build, self.loaded, None)
         except Exception as exc:
-            failure = (
-                exc
-                if isinstance(exc, ConfigError)
-                else ConfigError([ConfigIssue("", f"loading failed: {type(exc).__name__}: {exc}")])
-            )
+            scrub = self.loaded.substitutions.scrub  # never log a value read from the environment
+            if isinstance(exc, ConfigError):
+                failure = self.loaded.substitutions.scrub_error(exc)
+            else:
+                issue = ConfigIssue("", scrub(f"loading failed: {type(exc).__name__}: {exc}"))
+                failure = ConfigError([issue])
+                logger.error("loading failed:\n%s", scrub(traceback.format_exc()))
             self.holder.failure = failure
-            logger.error(
-                "cannot load the models of the config:\n%s", failure, exc_info=failure is not exc
-            )
+            logger.error("cannot load the models of the config:\n%s", failure)
             if self._on_fatal is not None:
                 self._on_fatal()
             return
@@ -200,7 +201,7 @@ class GatewayApp:
         logger.info(
             "ready: config version %s, endpoints: %s",
             self.loaded.version,
-            ", ".join(runtime.endpoints) or "(none)",
+            self.loaded.substitutions.scrub(", ".join(runtime.endpoints)) or "(none)",
         )
 
     async def _shutdown(self) -> None:

@@ -115,18 +115,22 @@ def _workers_problem(config: GatewayConfig) -> str | None:
     and budgets on its own (N workers, N times the limit), and a reload would reach only the
     worker that received it. Redis shares both.
     """
-    if config.limits.store.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    has_rules = RuleBook(config).has_rules
-    if has_rules:
+    redis = config.limits.store.startswith(("redis://", "rediss://", "unix://"))
+    if not redis and RuleBook(config).has_rules:
         return (
             "limits and budgets would be counted per worker (each would admit the whole limit)."
             " Set limits.store to a Redis URL (redis://host:6379/0), or serve one worker."
         )
-    if config.reload.broadcast is None:
+    if not redis and config.reload.broadcast is None:
         return (
             "a reload would reach only the worker that received it. Set limits.store (or"
             " reload.broadcast) to a Redis URL, or serve one worker."
+        )
+    if config.reload.broadcast_secret is None:
+        return (
+            "a reload would reach only the worker that received it: reloads reach the other"
+            " workers signed with reload.broadcast_secret. Set it (`reload: {broadcast_secret:"
+            " ${GATEWAY_BROADCAST_SECRET}}`, 32 characters or more), or serve one worker."
         )
     return None
 
@@ -156,9 +160,13 @@ def _check(path: str) -> int:
 
     try:
         loaded = load_config_file(path)
-        runtime = build_runtime(loaded)
     except ConfigError as exc:
         _print_issues(exc)
+        return 1
+    try:
+        runtime = build_runtime(loaded)
+    except ConfigError as exc:  # never print a value read from the environment
+        _print_issues(loaded.substitutions.scrub_error(exc))
         return 1
     for name, endpoint in runtime.endpoints.items():
         print(f"ok  {name}: {orjson.dumps(endpoint.describe()).decode()}")

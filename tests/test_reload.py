@@ -323,11 +323,15 @@ def _serve_until(gateway: GatewayProcess, label: str, timeout: float = 60) -> li
     raise AssertionError(f"never served by {label}: {seen[-5:]}")
 
 
+# Broadcasts are signed; every process gets the same secret from its environment.
+BROADCAST_ENV = {"GATEWAY_TEST_BROADCAST_SECRET": "reload-test-broadcast-secret-" + "0" * 32}
+
+
 def _broadcast_config(models: TestModels, upstream: FakeOpenAI, variant: str, channel: str) -> str:
     redis_url = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    return (
-        config(models, upstream, variant)
-        + f'reload: {{broadcast: "{redis_url}", channel: "{channel}"}}\n'
+    return config(models, upstream, variant) + (
+        f'reload: {{broadcast: "{redis_url}", channel: "{channel}",'
+        ' broadcast_secret: "${GATEWAY_TEST_BROADCAST_SECRET}"}\n'
     )
 
 
@@ -362,8 +366,8 @@ def test_a_reload_reaches_another_replica_through_redis(
         directory.mkdir()
     paths = [write_config(d, _broadcast_config(models, upstream, "a", channel)) for d in dirs]
     with (
-        run_gateway(paths[0], workdir=dirs[0]) as first,
-        run_gateway(paths[1], workdir=dirs[1]) as second,
+        run_gateway(paths[0], workdir=dirs[0], env=BROADCAST_ENV) as first,
+        run_gateway(paths[1], workdir=dirs[1], env=BROADCAST_ENV) as second,
     ):
         time.sleep(0.5)  # both subscribed
         answer = admin_post(
@@ -397,7 +401,9 @@ def test_every_worker_applies_a_reload(
     # Several workers need their limits in Redis (else each would admit the whole limit).
     store = f'limits: {{store: "{REDIS_URL}", on_store_error: allow}}\n'
     path = write_config(tmp_path, _broadcast_config(models, upstream, "a", channel) + store)
-    with run_gateway(path, workdir=tmp_path, extra_args=("--workers", "2")) as gateway:
+    with run_gateway(
+        path, workdir=tmp_path, extra_args=("--workers", "2"), env=BROADCAST_ENV
+    ) as gateway:
         time.sleep(1.0)  # the second worker may still be starting
         _wait_for(lambda: len(_versions_seen(gateway.url)) == 1, timeout=30)
         answer = admin_post(

@@ -7,7 +7,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from gateway.config.reload import Applied, redacted
+from gateway.config.redaction import describe, redacted
+from gateway.config.reload import Applied
 from gateway.errors import BadRequest, ConfigError, ConfigRefused, NotReady
 from gateway.http import Request, Response
 from gateway.metering.query import UsageQuery
@@ -81,8 +82,10 @@ async def config(request: Request, state: GatewayState, caller: Caller) -> Respo
         "failed_reloads": reload_state.failures,
         "last_error": reload_state.last_error,
         "last_error_at": reload_state.last_error_at,
-        "endpoints": {name: e.describe() for name, e in runtime.endpoints.items()},
-        "config": redacted(runtime.loaded.config),
+        "endpoints": describe(
+            runtime.loaded, {name: e.describe() for name, e in runtime.endpoints.items()}
+        ),
+        "config": redacted(runtime.loaded),
     }
     return Response(200, orjson.dumps(body))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from gateway import __version__
+from gateway.config.redaction import describe
 from gateway.http import Request, Response
 from gateway.state import GatewayState
 
@@ -34,9 +35,10 @@ async def ready(request: Request, state: GatewayState) -> Response:
             {
                 "ready": True,
                 "config_version": runtime.loaded.version,
-                "endpoints": {
-                    name: endpoint.describe() for name, endpoint in runtime.endpoints.items()
-                },
+                "endpoints": describe(
+                    runtime.loaded,
+                    {name: endpoint.describe() for name, endpoint in runtime.endpoints.items()},
+                ),
             }
         ),
     )

@@ -1,8 +1,9 @@
 """From YAML text to a validated `GatewayConfig`, or a `ConfigError` listing every problem.
 
-Steps: parse YAML → interpolate `${VAR}` / `${VAR:-default}` → strict schema → cross-field checks.
-Every problem is reported with its YAML path (`endpoints[0].served_models[1].traffic`), and as
-many problems as can be found are reported at once.
+Steps: parse YAML (with limits: `safe_yaml.py`) → interpolate `${VAR}` / `${VAR:-default}`
+(`interpolation.py`) → strict schema → cross-field checks. Every problem is reported with its YAML
+path (`endpoints[0].served_models[1].traffic`), and as many problems as can be found are reported
+at once. No message quotes a value read from the environment: they name the variable instead.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from gateway.config.interpolation import WHOLE_VARIABLE, Substitutions, format_path, interpolate
+from gateway.config.safe_yaml import TooLarge, load_yaml
 from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError, ConfigIssue
 
-# `$${` is an escaped literal `${`; otherwise `${NAME}` or `${NAME:-default}`.
-_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_WHOLE_VARIABLE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$")
+__all__ = ["LoadedConfig", "format_path", "load_config_file", "parse_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,18 +35,13 @@ class LoadedConfig:
     source: Path | None  # the file it was read from; None when given as text
     version: str  # SHA-256 of the interpolated document: equal configs share a version
     text: str  # the YAML it was made from (before interpolation), for reloads that re-apply it
+    # where it read the environment: what errors, logs and /admin/config show instead
+    substitutions: Substitutions = field(default_factory=Substitutions)
 
     @property
     def base_dir(self) -> Path:
         """Relative model paths resolve against the config file's folder."""
         return self.source.parent if self.source else Path.cwd()
-
-
-def format_path(location: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in location:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def load_config_file(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -62,7 +58,9 @@ def parse_config(
 ) -> LoadedConfig:
     environ = os.environ if environ is None else environ
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml(text)
+    except TooLarge as exc:
+        raise ConfigError([ConfigIssue("", str(exc))]) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -74,18 +72,22 @@ def parse_config(
         raise ConfigError([ConfigIssue("", "the config must be a YAML mapping")])
 
     issues: list[ConfigIssue] = []
-    interpolated = _interpolate(document, (), environ, issues)
+    interpolated, substitutions = interpolate(document, environ, issues)
     issues += _literal_key_issues(document)
     issues += cross_field_issues(interpolated)
     config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(interpolated)
     except ValidationError as exc:
-        issues += [_issue_from_pydantic(error) for error in exc.errors()]
+        # Only `msg` is used, never `input`; scrubbing covers messages that embed the input.
+        issues += [_issue_from_pydantic(error) for error in exc.errors(include_input=False)]
     if issues or config is None:
-        raise ConfigError(sorted(issues, key=_document_order))
+        error = ConfigError(sorted(issues, key=_document_order))
+        raise substitutions.scrub_error(error)
     version = hashlib.sha256(yaml.safe_dump(interpolated, sort_keys=True).encode()).hexdigest()
-    return LoadedConfig(config=config, source=source, version=version[:16], text=text)
+    return LoadedConfig(
+        config=config, source=source, version=version[:16], text=text, substitutions=substitutions
+    )
 
 
 def _document_order(issue: ConfigIssue) -> tuple[tuple[int, int | str], ...]:
@@ -94,50 +96,38 @@ def _document_order(issue: ConfigIssue) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(index)) if index else (1, name) for index, name in parts)
 
 
-def _interpolate(
-    node: Any,
-    location: tuple[str | int, ...],
-    environ: Mapping[str, str],
-    issues: list[ConfigIssue],
-) -> Any:
-    if isinstance(node, dict):
-        return {k: _interpolate(v, (*location, str(k)), environ, issues) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate(v, (*location, i), environ, issues) for i, v in enumerate(node)]
-    if not isinstance(node, str) or "${" not in node:
-        return node
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$${":
-            return "${"
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        issues.append(ConfigIssue(format_path(location), f"environment variable {name} is not set"))
-        return ""
-
-    return _VARIABLE.sub(substitute, node)
-
-
 def _literal_key_issues(document: dict[str, Any]) -> list[ConfigIssue]:
-    """A `key:` must come from the environment: a literal key in a YAML file is a leaked key."""
+    """A `key:` (and `reload.broadcast_secret`) must come from the environment: a literal key in
+    a YAML file is a leaked key."""
+    issues = []
+    reload = document.get("reload")
+    secret = reload.get("broadcast_secret") if isinstance(reload, dict) else None
+    if secret is not None and not _is_reference(secret):
+        issues.append(
+            ConfigIssue(
+                "reload.broadcast_secret",
+                "must be an environment variable reference such as ${GATEWAY_BROADCAST_SECRET},"
+                " never a literal secret",
+            )
+        )
     auth = document.get("auth")
     keys = auth.get("keys") if isinstance(auth, dict) else None
     if not isinstance(keys, list):
-        return []
-    return [
+        return issues
+    return issues + [
         ConfigIssue(
             format_path(("auth", "keys", i, "key")),
             "must be an environment variable reference such as ${MY_KEY}, never a literal key"
             " (or give its sha256 instead)",
         )
         for i, entry in enumerate(keys)
-        if isinstance(entry, dict)
-        and "key" in entry
-        and not (isinstance(entry["key"], str) and _WHOLE_VARIABLE.match(entry["key"]))
+        if isinstance(entry, dict) and "key" in entry and not _is_reference(entry["key"])
     ]
+
+
+def _is_reference(value: Any) -> bool:
+    """Exactly one `${VAR}`."""
+    return isinstance(value, str) and bool(WHOLE_VARIABLE.match(value))
 
 
 _ENDPOINT_TYPES = frozenset({"custom", "foundation", "external"})

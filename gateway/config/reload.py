@@ -4,6 +4,10 @@ A reload reads, interpolates and validates the YAML, builds the complete new run
 old one (reusing the models that did not change), and only then swaps the one reference requests
 read. Requests already running finish on the runtime they started with; what the new runtime no
 longer uses is closed after a grace period. Any failure leaves the old config serving.
+
+Some settings are read once, when the process starts (the limit store, the usage ledger, the
+reload triggers): a reload that changes one is refused, naming it, rather than reported as
+applied while the process keeps the old one.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.loading import LoadedConfig, load_config_file, parse_config
-from gateway.config.schema import GatewayConfig
+from gateway.config.redaction import redacted
+from gateway.config.schema import GatewayConfig, ReloadConfig, UsageConfig
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.metering.metrics import Metrics
 from gateway.runtime import Runtime, RuntimeHolder, freeze_loaded_objects
@@ -28,6 +34,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETIRE_AFTER_S = 120.0  # longer than any request that started on the old runtime should take
+
+# Read once at start-up (`app.py` opens the limiter and the ledger, `triggers.py` starts the
+# watcher and the broadcast): changing them needs a restart. What else a config holds is read
+# per request or rebuilt with each runtime (`server.*`, `limits.on_store_error`,
+# `limits.default_max_tokens`, `registry.*`, auth, groups, endpoints).
+RESTART_ONLY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("limits", ("store",)),
+    ("usage", tuple(UsageConfig.model_fields)),
+    ("reload", tuple(ReloadConfig.model_fields)),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,22 +115,28 @@ class Reloader:
 
     async def _apply(self, text: str | None) -> tuple[Applied, str]:
         old = self._holder.get()
+        # Parsing is bounded (safe_yaml.py) but not free: never on the event loop.
         if text is None:
             if self._source is None:
                 raise ConfigError([ConfigIssue("", "no config file to re-read: send the YAML")])
             loaded = await asyncio.to_thread(load_config_file, self._source)
         else:
-            loaded = parse_config(text, source=old.loaded.source)
+            loaded = await asyncio.to_thread(parse_config, text, source=old.loaded.source)
+        refused = restart_only_issues(old.loaded, loaded)
+        if refused:
+            raise ConfigError(refused)
         try:
             new = await asyncio.to_thread(self._build, loaded, old)
-        except ConfigError:
-            raise
+        except ConfigError as exc:
+            raise loaded.substitutions.scrub_error(exc) from None
         except Exception as exc:
-            logger.exception("building the new runtime failed")
-            raise ConfigError([ConfigIssue("", f"{type(exc).__name__}: {exc}")]) from exc
+            scrub = loaded.substitutions.scrub
+            logger.error("building the new runtime failed:\n%s", scrub(traceback.format_exc()))
+            issue = ConfigIssue("", scrub(f"{type(exc).__name__}: {exc}"))
+            raise ConfigError([issue]) from None
         self._holder.current = new  # the swap: one reference, cannot fail
         freeze_loaded_objects()
-        changes = diff(old.loaded.config, new.loaded.config)
+        changes = loaded.substitutions.scrub_tree(diff(old.loaded.config, new.loaded.config))
         logger.info("config %s applied (was %s): %s", loaded.version, old.loaded.version, changes)
         task = asyncio.create_task(_retire_later(old, new))
         self.state.retiring.add(task)
@@ -156,6 +178,29 @@ def _keys(config: GatewayConfig) -> dict[str, Any]:
     return {key.id: key for key in config.auth.keys} if config.auth is not None else {}
 
 
-def redacted(config: GatewayConfig) -> dict[str, Any]:
-    """The config as JSON with every secret masked (pydantic writes SecretStr as ******)."""
-    return config.model_dump(mode="json")
+def restart_only_issues(old: LoadedConfig, new: LoadedConfig) -> list[ConfigIssue]:
+    """The settings of `RESTART_ONLY` that `new` changes, each with the value that keeps running
+    (as `/admin/config` shows it: secrets masked)."""
+    issues = []
+    shown = redacted(old)
+    for section, names in RESTART_ONLY:
+        before, after = getattr(old.config, section), getattr(new.config, section)
+        for name in names:
+            if getattr(before, name) == getattr(after, name):
+                continue
+            kept = _as_written(shown[section][name])
+            issues.append(
+                ConfigIssue(
+                    f"{section}.{name}",
+                    f"changing it needs a restart; the running gateway keeps {kept}",
+                )
+            )
+    return issues
+
+
+def _as_written(value: Any) -> str:
+    if value is None:
+        return "it unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -262,12 +262,30 @@ class RegistryConfig(Strict):
     poll_s: float = Field(default=30.0, ge=0)  # re-resolve @alias and /latest models; 0: never
 
 
+BROADCAST_SECRET_MIN = 32
+
+
 class ReloadConfig(Strict):
+    """How reloads are triggered; read at start-up only (a reload cannot change it)."""
+
     watch: bool = False  # re-read the file when it changes (checked every second)
     # Reloads applied here are re-applied by every process subscribed to this Redis channel
     # (other workers, other replicas). Default: the limits store, when it is Redis.
     broadcast: str | None = None
     channel: str = "gateway:reload"
+    # Signs and verifies broadcast messages (HMAC-SHA256); from the environment, never literal.
+    # Unset: reloads are neither published nor followed.
+    broadcast_secret: SecretStr | None = None
+
+    @field_validator("broadcast_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < BROADCAST_SECRET_MIN:
+            raise ValueError(
+                f"must be at least {BROADCAST_SECRET_MIN} characters"
+                " (e.g. the output of `openssl rand -hex 32`)"
+            )
+        return value
 
 
 class GatewayConfig(Strict):

@@ -1,7 +1,8 @@
 """What makes a running gateway reload, besides `POST /admin/reload`: SIGHUP, the config file
 changing (`reload.watch`), a registry alias moving (`registry.poll_s`), and a reload applied by
-another process (`reload.broadcast`). Every trigger goes through `Reloader.reload`, the one
-apply-and-swap step; a refused reload is logged and kept on `/admin/config`, never raised here.
+another process (`reload.broadcast`, signed with `reload.broadcast_secret`). Every trigger goes
+through `Reloader.reload`, the one apply-and-swap step; a refused reload is logged and kept on
+`/admin/config`, never raised here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from gateway.config.loading import LoadedConfig
 from gateway.config.reload import Reloader
 from gateway.errors import ConfigError
+from gateway.metering.metrics import Metrics
 from gateway.models.resolve import registry_moved
 from gateway.runtime import RuntimeHolder
 
@@ -26,9 +28,10 @@ WATCH_EVERY_S = 1.0
 
 
 class ReloadTriggers:
-    def __init__(self, reloader: Reloader, holder: RuntimeHolder) -> None:
+    def __init__(self, reloader: Reloader, holder: RuntimeHolder, metrics: Metrics) -> None:
         self._reloader = reloader
         self._holder = holder
+        self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, loaded: LoadedConfig) -> None:
@@ -41,14 +44,29 @@ class ReloadTriggers:
         url = config.reload.broadcast or (
             config.limits.store if config.limits.store.startswith("redis") else None
         )
-        if url is not None:
+        secret = config.reload.broadcast_secret
+        if url is not None and secret is None:
+            logger.warning(
+                "reload broadcast is OFF: reloads applied here are not published on %r, and"
+                " reloads published there are not followed, so other workers and replicas keep"
+                " their config. To turn it on, give every process the same secret of at least"
+                " 32 characters: `reload: {broadcast_secret: ${GATEWAY_BROADCAST_SECRET}}`.",
+                config.reload.channel,
+            )
+        elif url is not None and secret is not None:
             from gateway.config.broadcast import ReloadBroadcast
 
             async def follow(text: str) -> None:
                 with contextlib.suppress(ConfigError):
                     await self._reloader.reload(text, broadcast=False)
 
-            broadcast = ReloadBroadcast(url, config.reload.channel, follow)
+            broadcast = ReloadBroadcast(
+                url,
+                config.reload.channel,
+                secret.get_secret_value().encode(),
+                follow,
+                self._metrics,
+            )
             broadcast.start()
             self._reloader.broadcast = broadcast
         if config.reload.watch and loaded.source is not None:
@@ -91,8 +109,9 @@ class ReloadTriggers:
         the new version loads beside the old one, which serves until the swap."""
         while True:
             poll_s = self._holder.get().loaded.config.registry.poll_s
-            if poll_s <= 0:
-                return
+            if poll_s <= 0:  # off for now; a reload may turn it on
+                await asyncio.sleep(WATCH_EVERY_S)
+                continue
             await asyncio.sleep(poll_s)
             runtime = self._holder.get()
             loaded = runtime.loaded
@@ -104,8 +123,9 @@ class ReloadTriggers:
                     base_dir=loaded.base_dir,
                     registry_uri=loaded.config.registry_uri,
                 )
-            except Exception:
-                logger.warning("cannot poll the model registry", exc_info=True)
+            except Exception as exc:  # resolve.py's messages quote no remote response
+                message = exc if isinstance(exc, ValueError) else type(exc).__name__
+                logger.warning("cannot poll the model registry: %s", message)
                 continue
             if moved:
                 logger.info("registry aliases moved: %s", ", ".join(moved))

@@ -90,6 +90,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.reload_broadcasts_rejected = Counter(
+            "gateway_reload_broadcasts_rejected",
+            "Reload broadcasts ignored (unsigned, forged, malformed, stale, replayed)",
+            ["reason"],
+            registry=r,
+        )
         self.config_version = Gauge(
             "gateway_config_version",
             "1 for the config version this process serves",

@@ -26,7 +26,8 @@ class ResolvedModel:
 def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> ResolvedModel:
     """Resolve `models:/name/3`, `models:/name@alias`, `models:/name/latest` or a local folder.
 
-    Raises ValueError with a message fit for the config's YAML path.
+    Raises ValueError with a message fit for the config's YAML path, which quotes nothing the
+    registry answered (its error code only).
     """
     if not spec.startswith(REGISTRY_SCHEME):
         path = Path(spec).expanduser()
@@ -62,8 +63,15 @@ def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> Res
             load_uri=client.get_model_version_download_uri(name, version),
             label=f"{name}/{version}",
         )
+    except ValueError:
+        raise
     except MlflowException as exc:
-        raise ValueError(f"cannot resolve {spec!r} in the registry: {exc.message}") from exc
+        # Never the message: it may quote the registry's response (or a proxy's error page).
+        raise ValueError(f"cannot resolve {spec!r} in the registry ({exc.error_code})") from exc
+    except Exception as exc:  # unreachable, refused, timed out: its message names the URL
+        raise ValueError(
+            f"cannot resolve {spec!r}: the registry did not answer ({type(exc).__name__})"
+        ) from exc
 
 
 def registry_moved(

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config.schema import BatchingConfig, CustomEndpointConfig, ServedModelConfig
 from gateway.errors import GatewayError
@@ -140,11 +141,24 @@ def load_served_model(
     try:
         pyfunc = mlflow.pyfunc.load_model(resolved.load_uri)
     except Exception as exc:
-        raise ValueError(f"cannot load {spec.model!r}: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"cannot load {spec.model!r}: {_load_error(exc, resolved.load_uri)}"
+        ) from exc
     _warm_up(pyfunc, spec.model)
     served = ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)
     served.reuse_key = key
     return served
+
+
+def _load_error(exc: Exception, load_uri: str) -> str:
+    """Why a model did not load. From a local folder, the whole message (it is about the model);
+    from a remote store (s3://, https://, a registry's proxied artifacts), the exception's type and
+    MLflow error code only: its message may quote the remote server's response."""
+    scheme = urlsplit(load_uri).scheme
+    if scheme in ("", "file"):
+        return f"{type(exc).__name__}: {exc}"
+    code = getattr(exc, "error_code", None)
+    return f"{type(exc).__name__} ({code})" if code else type(exc).__name__
 
 
 def _warm_up(pyfunc: Any, spec: str) -> None:
