@@ -31,8 +31,6 @@ class LimitsConfig(Strict):
     up to 2N in one period). `max_concurrent` caps calls in flight.
     """
 
-    algorithm: Literal["sliding_window", "gcra"] = "sliding_window"
-
     requests_per_second: float | None = Field(default=None, gt=0)
     requests_per_minute: float | None = Field(default=None, gt=0)
     requests_per_hour: float | None = Field(default=None, gt=0)
@@ -40,6 +38,7 @@ class LimitsConfig(Strict):
     tokens_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_day: float | None = Field(default=None, gt=0)
     max_concurrent: int | None = Field(default=None, ge=1)
+    algorithm: Literal["sliding_window", "gcra"] = "sliding_window"  # of the rate limits above
 
 
 class BudgetConfig(Strict):

@@ -11,8 +11,12 @@ The algorithms, implemented twice (in-process in `memory.py`, as Lua in `scripts
   entry's amount (a refund makes room at once; a charge beyond the reservation counts too, as a
   new entry at settle time if the reservation's own has left the window). Refused calls wait
   until enough of the oldest entries leave. Arithmetic is on whole units, so it needs no slack.
-  Memory: one entry per admitted request and one per token reservation still in the window, so
-  a rule holds at most `limit` entries for requests (and at most one per call for tokens).
+  Memory (per rule, in the process or in Redis): one entry per admitted request in the window,
+  so at most `limit` of them; one per token reservation admitted in the window, so at most one per
+  call (Redis drops entries settled to nothing at once, memory once they reach the head of the
+  window). Cost per call: O(log n) in Redis's sorted sets, O(1)
+  in memory, plus O(1) amortised per entry that leaves; a refused call finds its Retry-After from
+  the oldest entries (one look-up for requests, a walk until enough tokens would leave).
   A request limit below one (0.5 per minute) is one request per stretched window (two minutes);
   a fractional one above (2.5 per second) admits the whole requests that fit (2).
 - requests and tokens, `algorithm: gcra`: GCRA in its continuous-state leaky bucket form. A
