@@ -25,8 +25,10 @@ Role = Literal["user", "admin"]
 class LimitsConfig(Strict):
     """Rate limits of one scope (a key, a group, an endpoint, a key on one endpoint).
 
-    Request limits are GCRA (a smooth sliding rate whose burst is the limit itself), token limits
-    count prompt + completion tokens the same way; `max_concurrent` caps calls in flight.
+    Request and token limits (prompt + completion tokens) are exact sliding windows by default:
+    N per period never admits more than N in any window of that period. `algorithm: gcra` makes
+    them a smooth leaky bucket instead (O(1) state, but a burst of N from idle plus the refill, so
+    up to 2N in one period). `max_concurrent` caps calls in flight.
     """
 
     requests_per_second: float | None = Field(default=None, gt=0)
@@ -36,6 +38,7 @@ class LimitsConfig(Strict):
     tokens_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_day: float | None = Field(default=None, gt=0)
     max_concurrent: int | None = Field(default=None, ge=1)
+    algorithm: Literal["sliding_window", "gcra"] = "sliding_window"  # of the rate limits above
 
 
 class BudgetConfig(Strict):

@@ -1,12 +1,30 @@
 """What every limiter shares: rules, the reservation a call holds, the errors, the header format.
 
-The algorithms, implemented twice (in-process in `memory.py`, as Lua in `redis.py`):
+The algorithms, implemented twice (in-process in `memory.py`, as Lua in `scripts.py`):
 
-- requests and tokens: GCRA in its continuous-state leaky bucket form. A rule's bucket holds
-  `level` units and drains at `limit / window_s` units per second; a call of `n` units is admitted
-  when `level + n <= capacity`, and then `level += n`. Capacity is the limit itself, so 100 RPM
-  admits exactly 100 at once and then one every 0.6 s: no fixed windows, no 2x at an edge. The
-  level is the theoretical arrival time's lead over now (TAT - now) expressed in units instead of
+- requests and tokens, by default (`algorithm: sliding_window`): an exact sliding log. Each rule
+  keeps the calls it admitted in its last `window_s` seconds, one entry per call (time, amount,
+  reservation id), dropping entries lazily once they are `window_s` old. A call of `n` units is
+  admitted only if the units in the window, its own included, stay within the limit, so no window
+  of that length ever holds more than the limit: 10 per second admits 10 from idle, then the next
+  call only when the first of them is a second old. Settling a token reservation changes its
+  entry's amount (a refund makes room at once; a charge beyond the reservation counts too, as a
+  new entry at settle time if the reservation's own has left the window). Refused calls wait
+  until enough of the oldest entries leave. Arithmetic is on whole units, so it needs no slack.
+  Memory (per rule, in the process or in Redis): one entry per admitted request in the window,
+  so at most `limit` of them; one per token reservation admitted in the window, so at most one per
+  call (Redis drops entries settled to nothing at once, memory once they reach the head of the
+  window). Cost per call: O(log n) in Redis's sorted sets, O(1)
+  in memory, plus O(1) amortised per entry that leaves; a refused call finds its Retry-After from
+  the oldest entries (one look-up for requests, a walk until enough tokens would leave).
+  A request limit below one (0.5 per minute) is one request per stretched window (two minutes);
+  a fractional one above (2.5 per second) admits the whole requests that fit (2).
+- requests and tokens, `algorithm: gcra`: GCRA in its continuous-state leaky bucket form. A
+  rule's bucket holds `level` units and drains at `limit / window_s` units per second; a call of
+  `n` units is admitted when `level + n <= capacity`, and then `level += n`. Capacity is the limit
+  itself, so 100 RPM admits 100 at once and then one every 0.6 s: smooth, O(1) state, but a window
+  of `window_s` can hold up to twice the limit (the burst plus what drains meanwhile). The level
+  is the theoretical arrival time's lead over now (TAT - now) expressed in units instead of
   seconds, which keeps sums of whole requests exact in floating point (TATs near 1.7e9 s are not).
 - concurrency: one slot per reservation, held under a lease that expires after `lease_s`, so a
   crashed process's slots free themselves.
@@ -15,6 +33,11 @@ The algorithms, implemented twice (in-process in `memory.py`, as Lua in `redis.p
 Tokens and spend are reserved at acquire (the worst case: prompt + max_tokens, its price) and
 settled to the actual figures afterwards, so concurrent calls can never be admitted past a limit
 on the strength of usage that has not been reported yet.
+
+Headers: `x-ratelimit-remaining-*` is the limit minus what the window (or bucket) holds right
+after the call; `x-ratelimit-reset-*` is, for a sliding window, the time until its oldest entry
+leaves (when room next grows: for a full request limit, when the next call fits), and for GCRA
+the time until the bucket has drained empty.
 """
 
 from __future__ import annotations
@@ -27,6 +50,7 @@ from datetime import UTC, date, datetime
 from typing import Generic, Literal, Protocol, TypeVar
 
 RuleKind = Literal["requests", "tokens", "concurrency", "budget"]
+Algorithm = Literal["sliding_window", "gcra"]  # how requests and tokens rules count
 Period = Literal["day", "month"]
 
 # A full concurrency scope has no predictable reset (slots free when calls end): a hint only.
@@ -52,6 +76,7 @@ class Rule:
 
     `scope` names who shares the limit: "key:app-1", "group:team-a", "endpoint:llama",
     "key:app-1|endpoint:llama". For budgets `window_s` is 0 and `period` names the calendar period.
+    `algorithm` applies to requests and tokens rules only.
     """
 
     scope: str
@@ -59,30 +84,45 @@ class Rule:
     limit: float  # requests or tokens per window; concurrent slots; USD per period
     window_s: float  # the rate window; 0 for concurrency and budgets
     period: Period | None = None
+    algorithm: Algorithm = "sliding_window"
     # Derived once here so the hot path never recomputes them.
     key: str = field(init=False, compare=False, repr=False)  # the store's name for its state
-    capacity: float = field(init=False, compare=False, repr=False)  # the burst: units held at most
-    rate: float = field(init=False, compare=False, repr=False)  # units drained per second
+    # Redis only: a sliding token window's entry amounts (a hash beside the key's sorted set).
+    amounts_key: str = field(init=False, compare=False, repr=False)
+    capacity: float = field(init=False, compare=False, repr=False)  # units held at most
+    rate: float = field(init=False, compare=False, repr=False)  # GCRA: units drained per second
+    span_s: float = field(init=False, compare=False, repr=False)  # sliding window: its length
 
     def __post_init__(self) -> None:
         if self.limit <= 0:
             raise ValueError("a limit must be positive")
+        amounts_key, rate, span_s = "", 0.0, 0.0
         if self.kind in ("requests", "tokens"):
             if self.window_s <= 0:
                 raise ValueError(f"a {self.kind} rule needs a positive window")
-            key = f"{self.kind}:{self.window_s:g}:{self.scope}"
             rate = self.limit / self.window_s
-            # 0.5 requests per minute means one every two minutes, not never.
+            # 0.5 requests per minute means one every two minutes, not never: the sliding window
+            # stretches to hold one whole request; GCRA's bucket holds one and drains at the rate.
             capacity = max(self.limit, 1.0) if self.kind == "requests" else self.limit
+            span_s = self.window_s * capacity / self.limit
+            name = f"{self.kind}:{self.window_s:g}:{self.scope}"
+            if self.algorithm == "gcra":
+                key = name  # the names GCRA state always had, so an upgrade keeps it
+            else:
+                key = f"window:{name}"
+                if self.kind == "tokens":
+                    amounts_key = f"amounts:{name}"
         elif self.kind == "budget":
             if self.period is None:
                 raise ValueError("a budget rule needs a period")
-            key, rate, capacity = f"budget:{self.scope}", 0.0, self.limit
+            key, capacity = f"budget:{self.scope}", self.limit
         else:
-            key, rate, capacity = f"concurrency:{self.scope}", 0.0, self.limit
+            key, capacity = f"concurrency:{self.scope}", self.limit
         object.__setattr__(self, "key", key)
+        object.__setattr__(self, "amounts_key", amounts_key)
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "span_s", span_s)
 
     def describe(self) -> str:
         if self.kind == "budget":

@@ -4,8 +4,11 @@ A call's check-and-count of all its rules is one Lua script (one round trip, ato
 server); settling is another. Both read the server's clock (TIME), so gateway hosts with skewed
 clocks still agree. Keys (under the namespace, "gw:rl:" by default) expire once idle:
 
-    requests:<window_s>:<scope>              hash {l: level in requests, t: last update}
-    tokens:<window_s>:<scope>                hash {l: level in tokens, t: last update}
+    window:requests:<window_s>:<scope>       zset reservation id -> admitted at (sliding window)
+    window:tokens:<window_s>:<scope>         zset reservation id -> admitted at (sliding window)
+    amounts:tokens:<window_s>:<scope>        hash reservation id -> tokens, "used" -> their sum
+    requests:<window_s>:<scope>              hash {l: level in requests, t: last update} (GCRA)
+    tokens:<window_s>:<scope>                hash {l: level in tokens, t: last update} (GCRA)
     concurrency:<scope>                      zset reservation id -> lease end (epoch s)
     budget:<scope>:day:2026-11-25            string, USD spent (reserved + settled)
     budget:<scope>:month:2026-11             string, USD spent
@@ -100,11 +103,22 @@ class RedisLimiter:
                 (), id=rid, tokens=tokens, cost_usd=cost_usd, remaining=(), reset_s=()
             )
         ns = self.namespace
-        keys = [ns + rule.key for rule in rules]
-        args: list[str | int | float] = ["" if now is None else now, tokens, cost_usd, rid]
-        args.append(self._lease_s)
+        keys: list[str] = []
+        args: list[str | int | float] = ["" if now is None else now, rid, self._lease_s]
         for rule in rules:
-            args += (rule.kind, rule.capacity, rule.period or rule.rate)
+            keys.append(ns + rule.key)
+            if rule.kind == "requests" or rule.kind == "tokens":
+                amount = 1 if rule.kind == "requests" else tokens
+                if rule.algorithm == "gcra":
+                    args += ("gcra", amount, rule.capacity, rule.rate)
+                else:
+                    args += (rule.kind, amount, rule.capacity, rule.span_s)
+                    if rule.amounts_key:
+                        keys.append(ns + rule.amounts_key)
+            elif rule.kind == "concurrency":
+                args += ("concurrency", 1, rule.capacity, "")
+            else:
+                args += ("budget", cost_usd, rule.capacity, rule.period or "")
         call = asyncio.ensure_future(_run(self._acquire_script, keys, args))
         try:
             reply = await asyncio.shield(call)
@@ -173,9 +187,12 @@ class _RedisReservation(StoreReservation["RedisLimiter"]):
         args.append(cost_delta)
         budgets = iter(self.budget_keys)
         for rule in self.rules:
-            if rule.kind == "tokens" and tokens_delta:
+            if rule.kind == "tokens" and tokens_delta and rule.algorithm == "gcra":
                 keys.append(ns + rule.key)
-                args += ("tokens", rule.rate)
+                args += ("gcra", rule.rate)
+            elif rule.kind == "tokens" and tokens_delta:
+                keys += (ns + rule.key, ns + rule.amounts_key)
+                args += ("tokens", rule.span_s)
             elif rule.kind == "concurrency":
                 keys.append(ns + rule.key)
                 args += ("concurrency", 0)

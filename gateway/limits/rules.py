@@ -50,7 +50,7 @@ def rules_for(
         for name, kind, window_s in _RATE_FIELDS:
             limit: float | None = getattr(limits, name)
             if limit is not None:
-                rules.append(Rule(scope, kind, limit, window_s))
+                rules.append(Rule(scope, kind, limit, window_s, algorithm=limits.algorithm))
         if limits.max_concurrent is not None:
             rules.append(Rule(scope, "concurrency", limits.max_concurrent, 0.0))
     if budget is not None:
