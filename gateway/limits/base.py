@@ -206,10 +206,6 @@ class Reservation:
     def uncounted(cls, *, tokens: int = 0, cost_usd: float = 0.0) -> Reservation:
         return cls((), id="", tokens=tokens, cost_usd=cost_usd, remaining=(), reset_s=())
 
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
     async def settle(self, *, tokens: int, cost_usd: float, now: float | None = None) -> None:
         """Reconcile the reservation with actual usage and release the concurrency slots.
 
