@@ -66,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import CONFIG_ENV, GatewayApp
+    from gateway.server.options import uvicorn_options
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -75,15 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_issues(exc)
         return 1
-    common = {
-        "host": args.host,
-        "port": args.port,
-        "log_level": args.log_level,
-        "access_log": False,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-    }
+    common = uvicorn_options(
+        loaded.config.server, host=args.host, port=args.port, log_level=args.log_level
+    )
     if args.workers > 1:
         os.environ[CONFIG_ENV] = str(loaded.source)
         os.environ["GATEWAY_SUPERVISED"] = "1"

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETIRE_AFTER_S = 120.0  # longer than any request that started on the old runtime should take
+# Bound to the listening socket's protocol at start (gateway/server/): a reload cannot change them.
+START_ONLY = (
+    "max_header_bytes",
+    "max_headers",
+    "header_timeout_s",
+    "keep_alive_s",
+    "max_connections",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,9 @@ class Reloader:
         self._holder.current = new  # the swap: one reference, cannot fail
         freeze_loaded_objects()
         changes = diff(old.loaded.config, new.loaded.config)
+        kept = [f"server.{name}" for name in START_ONLY if _changed(old, new, name)]
+        if kept:
+            logger.warning("%s take effect at the next restart, not on reload", ", ".join(kept))
         logger.info("config %s applied (was %s): %s", loaded.version, old.loaded.version, changes)
         task = asyncio.create_task(_retire_later(old, new))
         self.state.retiring.add(task)
@@ -150,6 +161,11 @@ def diff(old: GatewayConfig, new: GatewayConfig) -> dict[str, dict[str, list[str
             "changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
         }
     return result
+
+
+def _changed(old: Runtime, new: Runtime, field: str) -> bool:
+    before, after = old.loaded.config.server, new.loaded.config.server
+    return bool(getattr(before, field) != getattr(after, field))
 
 
 def _keys(config: GatewayConfig) -> dict[str, Any]:
