@@ -4,6 +4,7 @@ send it, and the number of connections (gateway/server/). Raw sockets against a 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -217,3 +218,16 @@ def test_the_limits_are_config_fields() -> None:
     assert loaded.config.server.header_timeout_s == 10.0
     with pytest.raises(ConfigError):
         parse_config("server: {max_header_bytes: 10}\n")
+
+
+def test_a_body_sent_after_its_answer_is_not_taken_for_a_head(gateway: GatewayProcess) -> None:
+    """The app may answer before reading a body; the rest of it then arrives between requests."""
+    body = b"x" * (4 * MAX_HEADER_BYTES)
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /live HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.2)  # answered (405) before the body comes
+        sock.sendall(body)
+        time.sleep(0.2)
+        sock.sendall(LIVE)
+        answers = re.findall(rb"HTTP/1\.1 \d{3}", read_answer(sock))
+    assert answers == [b"HTTP/1.1 405", b"HTTP/1.1 200"]

@@ -106,6 +106,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while awaiting the head (an upper bound)
         self._head_exact = 0  # request line and header lines httptools has handed over
         self._header_count = 0
+        self._in_message = False  # from a request's first byte until its body's last
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None
         self._lingering = False
@@ -166,8 +167,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.timeout_keep_alive_task is not None and not self._awaiting_head:
-            self._await_head()  # idle: uvicorn's keep-alive timeout runs until the next byte
+        # Idle until the next byte (uvicorn's keep-alive timeout runs meanwhile), unless the body
+        # of the request just answered is still arriving: those bytes are not a head.
+        if self.timeout_keep_alive_task is not None and not self._in_message:
+            self._await_head()
 
     def displace(self) -> None:
         """Close this connection to make room for a new one (it has no request in flight)."""
@@ -181,6 +184,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_message = True
         self._head_exact = 0
         self._header_count = 0
         if not self._awaiting_head:  # a pipelined request, begun before the last response ended
@@ -209,6 +213,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_awaiting_head()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
+        if self.cycle is None or not self.cycle.response_complete or self.transport.is_closing():
+            return
+        # Answered before its body ended: idle from now on, as after any response.
+        self._await_head()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # --- head state -------------------------------------------------------------------------------
 
