@@ -8,7 +8,8 @@ Scenarios (each runs for `--duration` seconds, or until its attack ends):
 
 - `baseline`: no attack;
 - `huge-header`: one connection sends `GET /live` with one header of `--header-mib` MiB, in
-  `--chunk-kib` writes, as fast as it can (or at `--rate-kib` KiB/s);
+  `--chunk-kib` writes, as fast as it can (or at `--rate-kib` KiB/s); then another, one at a time,
+  until `--duration` has passed;
 - `slowloris`: `--connections` connections each send a request line, then one header byte every
   `--byte-interval` seconds, never finishing their headers;
 - `idle`: `--connections` connections that connect and send nothing.
@@ -56,7 +57,9 @@ class AttackTally:
     refused: int = 0  # connect() failed
     closed_by_server: int = 0
     still_open: int = 0
-    note: str = ""
+    errors: Counter[str] = field(default_factory=Counter)  # how the client side ended
+    most_sent: int = 0  # huge-header: the most bytes one request got to send
+    longest_s: float = 0.0  # huge-header: the longest one request took
 
 
 # --- the probe ------------------------------------------------------------------------------------
@@ -117,9 +120,18 @@ async def _status_of(reader: asyncio.StreamReader, tally: AttackTally) -> None:
     tally.closed_by_server += 1
 
 
+async def huge_headers(target: Target, args: argparse.Namespace, tally: AttackTally) -> None:
+    """One huge-header request after another, until `--duration` has passed."""
+    until = time.perf_counter() + args.duration
+    while True:
+        await huge_header(target, args, tally)
+        if time.perf_counter() >= until:
+            return
+
+
 async def huge_header(target: Target, args: argparse.Namespace, tally: AttackTally) -> None:
     reader, writer = await asyncio.open_connection(target.host, target.port)
-    tally.opened = 1
+    tally.opened += 1
     watcher = asyncio.create_task(_status_of(reader, tally))
     total = args.header_mib * 1024 * 1024
     chunk = b"a" * (args.chunk_kib * 1024)
@@ -138,12 +150,12 @@ async def huge_header(target: Target, args: argparse.Namespace, tally: AttackTal
             await writer.drain()
         await asyncio.wait_for(watcher, timeout=args.probe_timeout + 30)
     except (OSError, TimeoutError) as exc:
-        tally.note = f"{type(exc).__name__}; "
+        tally.errors[type(exc).__name__] += 1
     finally:
         writer.close()
         watcher.cancel()
-    tally.note += f"sent {sent / 2**20:.2f} MiB of {args.header_mib} in "
-    tally.note += f"{time.perf_counter() - started:.2f} s"
+    tally.most_sent = max(tally.most_sent, sent)
+    tally.longest_s = max(tally.longest_s, time.perf_counter() - started)
 
 
 async def _hold(
@@ -191,7 +203,7 @@ async def run_attack(scenario: str, target: Target, args: argparse.Namespace) ->
     if scenario == "baseline":
         await asyncio.sleep(args.duration)
     elif scenario == "huge-header":
-        await huge_header(target, args, tally)
+        await huge_headers(target, args, tally)
     else:
         await many(target, args, tally, trickle=scenario == "slowloris")
     return tally
@@ -234,8 +246,11 @@ def _row(scenario: str, elapsed: float, probes: ProbeTally, attack: AttackTally)
         f"opened {attack.opened}, refused {attack.refused}, closed by server "
         f"{attack.closed_by_server}, open at end {attack.still_open}; answers: {answers}"
     )
-    if attack.note:
-        server += f"; {attack.note}"
+    if attack.errors:
+        server += "; client errors: " + ", ".join(f"{n}× {e}" for e, n in attack.errors.items())
+    if attack.most_sent:
+        server += f"; most sent by one request {attack.most_sent / 2**20:.2f} MiB"
+        server += f", longest request {attack.longest_s:.2f} s"
     return (
         f"| {scenario} | {elapsed:.1f} | {len(ms)} | {p50} | {p99} | {worst} | {failures} "
         f"| {server} |"
