@@ -70,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import CONFIG_ENV, GatewayApp
+    from gateway.server.options import uvicorn_options
 
     log_config = _log_config(args.log_level.upper())
     logging.config.dictConfig(log_config)
@@ -81,16 +82,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and (problem := _workers_problem(loaded.config)):
         print(f"cannot serve with --workers {args.workers}: {problem}", file=sys.stderr)
         return 1
-    common = {
-        "host": args.host,
-        "port": args.port,
-        "log_level": args.log_level,
-        "log_config": log_config,  # uvicorn applies it in every worker process too
-        "access_log": False,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-    }
+    common = uvicorn_options(
+        loaded.config.server, host=args.host, port=args.port, log_level=args.log_level
+    )
+    common["log_config"] = log_config  # uvicorn applies it in every worker process too
     if args.workers > 1:
         os.environ[CONFIG_ENV] = str(loaded.source)
         os.environ["GATEWAY_SUPERVISED"] = "1"

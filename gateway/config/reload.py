@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETIRE_AFTER_S = 120.0  # longer than any request that started on the old runtime should take
+# Bound to the listening socket's protocol at start (gateway/server/): a reload cannot change them.
 
 # Read once at start-up (`app.py` opens the limiter and the ledger, `triggers.py` starts the
 # watcher and the broadcast): changing them needs a restart. What else a config holds is read
@@ -43,6 +44,11 @@ RESTART_ONLY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("limits", ("store",)),
     ("usage", tuple(UsageConfig.model_fields)),
     ("reload", tuple(ReloadConfig.model_fields)),
+    # the HTTP connection limits (gateway/server/): uvicorn's protocol takes them at start
+    (
+        "server",
+        ("max_header_bytes", "max_headers", "header_timeout_s", "keep_alive_s", "max_connections"),
+    ),
 )
 
 

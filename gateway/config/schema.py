@@ -259,6 +259,12 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     expose_stack_traces: bool = False  # include model stack traces in error bodies (debug only)
     access: RouteAccessConfig = RouteAccessConfig()
+    # The HTTP connection (gateway/server/): fixed at start, a reload does not change them.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)  # else 431
+    max_headers: int = Field(default=100, ge=8, le=10_000)  # header lines; more: 431
+    header_timeout_s: float = Field(default=10.0, gt=0)  # to finish a request head; else 408
+    keep_alive_s: float = Field(default=5.0, gt=0)  # an idle keep-alive connection is closed
+    max_connections: int = Field(default=2048, ge=1)  # per process; beyond: 503
 
 
 class RegistryConfig(Strict):
