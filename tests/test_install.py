@@ -329,9 +329,9 @@ def test_an_external_anthropic_endpoint_goes_through_litellm(
 
 
 def ledger_row(rid: str, timeout: float = 10) -> asyncpg.Record:
-    """Request `rid`'s row in the gateway's table in Postgres (written in the background)."""
+    """The Postgres row of the request sent with x-request-id `rid` (written in the background)."""
     deadline = time.monotonic() + timeout
-    sql = f"SELECT * FROM {SCHEMA}.gateway_usage WHERE request_id = $1"
+    sql = f"SELECT * FROM {SCHEMA}.gateway_usage WHERE client_request_id = $1"
     while not (rows := _postgres(sql, rid)):
         assert time.monotonic() < deadline, f"no row for request {rid} in Postgres"
         time.sleep(0.1)
