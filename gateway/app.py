@@ -38,6 +38,7 @@ from gateway.http import ClientDisconnected, Request, Response, StreamingRespons
 from gateway.limits import open_limiter
 from gateway.metering.metrics import Metrics
 from gateway.metering.recorder import UsageRecorder
+from gateway.metering.tags import DATABRICKS_TAGS, TAGS, parse_tags
 from gateway.router import Router
 from gateway.routes import ROUTES, AccessSetting, OpenRoute
 from gateway.runtime import Runtime, RuntimeHolder, build_runtime, freeze_loaded_objects
@@ -111,6 +112,7 @@ class GatewayApp:
                 request.client_request_id = _client_request_id(client_id)
                 # Echoed as the client sent it; ours goes beside it.
                 extra = [(REQUEST_ID, client_id), (GATEWAY_REQUEST_ID, extra[0][1])]
+            request.tags = parse_tags(request.header(TAGS), request.header(DATABRICKS_TAGS))
             if scope["method"] not in route.methods:
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
             if isinstance(route, OpenRoute):

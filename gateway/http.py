@@ -29,6 +29,7 @@ class Request:
         "route",
         "scope",
         "started",
+        "tags",
     )
 
     def __init__(
@@ -45,6 +46,7 @@ class Request:
         self.request_id = ""  # set by the app: the gateway's own id, the ledger's key
         self.client_request_id = ""  # the client's x-request-id, checked by the app
         self.config_version = ""  # set when the request takes its runtime snapshot
+        self.tags: dict[str, str] = {}  # the client's request tags, checked by the app
         self.started = time.perf_counter()  # for latency and gateway-overhead figures
         self._headers: dict[bytes, bytes] | None = None
 

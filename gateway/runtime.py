@@ -79,8 +79,9 @@ class Runtime:
             warm_ups.append(_load_tokenizer)  # token limits and budgets count every prompt
         return warm_ups
 
-    def serving_uris(self) -> set[str]:
-        """Where the loaded models came from: a moved registry alias points elsewhere."""
+    def serving_models(self) -> set[str]:
+        """The loaded models' identities (`models:/name/3`, or a folder): a moved registry alias
+        points to another one."""
         return {key[0] for key in self.served_models()}
 
     def served_models(self) -> dict[ReuseKey, ServedModel]:

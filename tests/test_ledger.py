@@ -376,7 +376,15 @@ async def test_a_table_of_an_older_release_gets_the_new_columns(
             await conn.execute(OLD_TABLE.format(table=backend.table))
         finally:
             await conn.close()
-    new = event(1, client_request_id="client-7", principal_kind="jwt", served_endpoint="chat")
+    new = event(
+        1,
+        client_request_id="client-7",
+        principal_kind="jwt",
+        served_endpoint="chat",
+        served_run_id="run-1",
+        model_uuid="uuid-1",
+        tags={"team": "search"},
+    )
     async with make(backend, tmp_path / "spool") as ledger:
         await ledger.record(new)
         await asyncio.wait_for(ledger.flush(), 10)
@@ -387,3 +395,39 @@ async def test_a_table_of_an_older_release_gets_the_new_columns(
             "",
             "key",
         )
+        old = stored["old-1"]
+        assert (old["served_run_id"], old["model_uuid"], old["tags"]) == ("", "", {})
+
+
+async def test_usage_groups_by_a_request_tag(backend: Backend, tmp_path: Path) -> None:
+    events = [
+        event(1, tags={"team": "search", "cost.center": "42"}),
+        event(2, tags={"team": "search"}, cost_usd=1.0),
+        event(3, tags={"team": "ads", "cost.center": "42"}),
+        event(4),  # untagged: its group is ''
+        event(5, tags={"team": 'it\'s "quoted"', "a-b": "x"}),
+    ]
+    async with make(backend, tmp_path / "spool") as ledger:
+        for e in events:
+            await ledger.record(e)
+        await asyncio.wait_for(ledger.flush(), 10)
+        by_team = await ledger.query(group_by=["tag:team"])
+        assert [(r["tag:team"], r["requests"], r["cost_usd"]) for r in by_team] == [
+            ("", 1, 0.25),
+            ("ads", 1, 0.25),
+            ('it\'s "quoted"', 1, 0.25),
+            ("search", 2, 1.25),
+        ]
+        # two tags (one with a dot in its key) and a column, bound in order with the window
+        both = await ledger.query(T0 + 1, T0 + 4, ["tag:cost.center", "endpoint", "tag:team"])
+        assert [(r["tag:cost.center"], r["endpoint"], r["tag:team"]) for r in both] == [
+            ("", "chat", "search"),
+            ("42", "chat", "ads"),
+            ("42", "chat", "search"),
+        ]
+        assert [r["requests"] for r in await ledger.query(group_by=["tag:a-b"])] == [4, 1]
+        stored = await ledger.rows()
+        assert [row["tags"] for row in stored] == [e.tags for e in events]
+        for key in ("tag:x') OR 1=1 --", "tag:", "tag:a b", "tag:team\n"):
+            with pytest.raises(ValueError, match="invalid tag key"):
+                await ledger.query(group_by=[key])

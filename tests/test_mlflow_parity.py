@@ -619,14 +619,16 @@ def test_alias_and_version_split_one_endpoint(
     client = mlflow.MlflowClient(tracking_uri=models.registry_uri, registry_uri=models.registry_uri)
     frame = pd.DataFrame([SETOSA, VIRGINICA, BORDERLINE], columns=IRIS)
     expected = {
-        f"iris/{version}": mlflow.pyfunc.load_model(
+        f"models:/iris/{version}": mlflow.pyfunc.load_model(
             client.get_model_version_download_uri("iris", version)
         )
         .predict(frame)
         .tolist()
         for version in ("1", "2")
     }
-    assert expected["iris/1"] != expected["iris/2"]  # so that the label is checked, too
+    assert (
+        expected["models:/iris/1"] != expected["models:/iris/2"]
+    )  # so that the label is checked, too
     served: Counter[str] = Counter()
     for _ in range(40):  # both are picked, but for a chance of 2 in 2**40
         response = http.post(
@@ -639,7 +641,7 @@ def test_alias_and_version_split_one_endpoint(
         assert label in expected, label
         served[label] += 1
         assert response.json() == {"predictions": expected[label]}, label
-    assert set(served) == {"iris/1", "iris/2"}, served
+    assert set(served) == {"models:/iris/1", "models:/iris/2"}, served
 
 
 def test_registry_and_local_models_in_one_config(
@@ -672,4 +674,4 @@ def test_registry_and_local_models_in_one_config(
             headers={"content-type": JSON},
         )
         assert response.status_code == 200, response.text
-        assert response.headers["x-served-model"] == "iris/1"
+        assert response.headers["x-served-model"] == "models:/iris/1"

@@ -285,10 +285,12 @@ endpoints:
 """,
     )
     with run_gateway(path, workdir=tmp_path) as gateway:
-        assert _served(gateway) == "iris/1"
+        assert _served(gateway) == "models:/iris/1"
         client.set_registered_model_alias("iris", "champion", "2")
-        seen = _serve_until(gateway, "iris/2")
-        assert set(seen) <= {"iris/1", "iris/2"}, seen  # every request answered, by v1 or v2
+        seen = _serve_until(gateway, "models:/iris/2")
+        assert set(seen) <= {"models:/iris/1", "models:/iris/2"}, (
+            seen
+        )  # every request answered, by v1 or v2
         # a v3 that cannot load: v2 keeps serving, and the failure is shown
         broken = tmp_path / "broken"
         broken.mkdir()
@@ -300,10 +302,10 @@ endpoints:
             state = httpx.get(f"{gateway.url}/admin/config").json()
             if state["last_error"]:
                 break
-            assert _served(gateway) == "iris/2"
+            assert _served(gateway) == "models:/iris/2"
             time.sleep(0.2)
         assert "cannot load 'models:/iris@champion'" in state["last_error"][0]
-        assert _served(gateway) == "iris/2"
+        assert _served(gateway) == "models:/iris/2"
 
 
 def _served(gateway: GatewayProcess) -> str:

@@ -52,7 +52,7 @@ async def _score(
     served = endpoint.pick()
     scoring_request = scoring.ScoringRequest.from_body(mime, body)
     meter = Meter(request, state.usage, runtime.governor, caller.principal, endpoint.name)
-    meter.served(served.label)
+    meter.served(served.label, run_id=served.run_id, model_uuid=served.model_uuid)
     try:
         await meter.admit()
         result = await served.score(scoring_request)

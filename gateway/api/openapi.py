@@ -206,8 +206,16 @@ def _admin() -> dict[str, Any]:
         {
             **_query(
                 "group_by",
-                {"type": "array", "items": {"enum": ["principal", "endpoint", "day"]}},
-                "Comma-separated grouping columns.",
+                {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            {"enum": ["principal", "endpoint", "day"]},
+                            {"type": "string", "pattern": "^tag:[A-Za-z0-9_.-]{1,64}$"},
+                        ]
+                    },
+                },
+                "Comma-separated grouping columns; `tag:KEY` groups by a request tag.",
             ),
             "style": "form",
             "explode": False,

@@ -119,7 +119,7 @@ class ReloadTriggers:
                 moved = await asyncio.to_thread(
                     registry_moved,
                     loaded.config.endpoints,
-                    runtime.serving_uris(),
+                    runtime.serving_models(),
                     base_dir=loaded.base_dir,
                     registry_uri=loaded.config.registry_uri,
                 )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import NotReady
 from gateway.metering.spool import Spool
 from gateway.metering.stores import Store, StoreError, open_store, sqlite_path
-from gateway.metering.stores.schema import DEFAULT_TABLE, CorruptRecord, GroupBy, Row
+from gateway.metering.stores.schema import DEFAULT_TABLE, CorruptRecord, Row
 from gateway.metering.stores.schema import decode as decode_row
 from gateway.metering.stores.schema import encode as encode_event
 from gateway.metering.usage import UsageEvent
@@ -151,7 +151,7 @@ class Ledger:
         self,
         since: float | None = None,
         until: float | None = None,
-        group_by: Sequence[GroupBy] = (),
+        group_by: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """Per group over [since, until): requests, errors (status >= 400), prompt_tokens,
         completion_tokens, cost_usd, avg_latency_ms. Events still spooled are not counted."""

@@ -30,9 +30,11 @@ class Meter:
         "_fallback",
         "_fallbacks",
         "_governor",
+        "_model_uuid",
         "_price",
         "_principal",
         "_request",
+        "_run_id",
         "_served",
         "_served_endpoint",
         "_usage",
@@ -56,6 +58,8 @@ class Meter:
         self._endpoint = endpoint
         self._price = price
         self._served = ""
+        self._run_id = ""
+        self._model_uuid = ""
         self._served_endpoint = endpoint
         self._fallback = False
         self._wall = time.time() - (time.perf_counter() - request.started)
@@ -73,11 +77,17 @@ class Meter:
         )
 
     def served(
-        self, served: str, *, endpoint: str | None = None, price: Price | None = None
+        self,
+        served: str,
+        *,
+        endpoint: str | None = None,
+        price: Price | None = None,
+        run_id: str = "",
+        model_uuid: str = "",
     ) -> None:
         """Who answered: a served model or deployment, of a fallback `endpoint` if not the one
-        called (then its price is what the call costs)."""
-        self._served = served
+        called (then its price is what the call costs); of an MLflow model, its lineage."""
+        self._served, self._run_id, self._model_uuid = served, run_id, model_uuid
         if endpoint is not None and endpoint != self._endpoint:
             self._served_endpoint, self._price, self._fallback = endpoint, price, True
 
@@ -141,6 +151,9 @@ class Meter:
                 client_request_id=self._request.client_request_id,
                 principal_kind=self._principal.kind,
                 served_endpoint=self._served_endpoint if self._served else "",
+                served_run_id=self._run_id,
+                model_uuid=self._model_uuid,
+                tags=self._request.tags,
             ),
             self._principal,
         )

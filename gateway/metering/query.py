@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast, get_args
+from typing import get_args
 
 from gateway.config.schema import UsageConfig
 from gateway.errors import BadRequest
 from gateway.metering.stores import Store, open_store, sqlite_path
-from gateway.metering.stores.schema import GroupBy
+from gateway.metering.stores.schema import TAG_PREFIX, GroupBy
+from gateway.metering.tags import KEY_RULE, TAG_KEY
 
 GROUP_BY_CHOICES: tuple[str, ...] = get_args(GroupBy)
 
@@ -19,7 +20,7 @@ GROUP_BY_CHOICES: tuple[str, ...] = get_args(GroupBy)
 class UsageQuery:
     since: float | None
     until: float | None
-    group_by: tuple[GroupBy, ...]
+    group_by: tuple[str, ...]  # GroupBy names and `tag:KEY`
     format: str  # json | csv | table
 
     @classmethod
@@ -27,10 +28,11 @@ class UsageQuery:
         cls, since: str | None, until: str | None, group_by: str | None, format: str | None
     ) -> UsageQuery:
         names = tuple(name.strip() for name in (group_by or "").split(",") if name.strip())
-        unknown = [name for name in names if name not in GROUP_BY_CHOICES]
+        unknown = [name for name in names if name not in GROUP_BY_CHOICES and not _is_tag(name)]
         if unknown:
             raise BadRequest(
-                f"Unknown group_by {', '.join(unknown)}: choose from {', '.join(GROUP_BY_CHOICES)}."
+                f"Unknown group_by {', '.join(unknown)}: choose from"
+                f" {', '.join(GROUP_BY_CHOICES)} or tag:KEY (KEY: {KEY_RULE})."
             )
         chosen = (format or "json").lower()
         if chosen not in ("json", "csv", "table"):
@@ -38,9 +40,13 @@ class UsageQuery:
         return cls(
             parse_time(since, "since"),
             parse_time(until, "until"),
-            cast(tuple[GroupBy, ...], names),
+            names,
             chosen,
         )
+
+
+def _is_tag(name: str) -> bool:
+    return name.startswith(TAG_PREFIX) and TAG_KEY.fullmatch(name[len(TAG_PREFIX) :]) is not None
 
 
 def parse_time(value: str | None, name: str) -> float | None:

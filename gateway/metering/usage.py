@@ -7,7 +7,7 @@ memory for `/admin/usage/recent`.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -57,6 +57,9 @@ class UsageEvent:
     client_request_id: str = ""  # the client's x-request-id, if it sent one (not unique)
     principal_kind: str = "key"  # key | jwt | anonymous: a JWT subject may share a key's id
     served_endpoint: str = ""  # the endpoint that answered: this one, or one of its fallbacks
+    served_run_id: str = ""  # the MLflow run of the model version that answered, if known
+    model_uuid: str = ""  # the `model_uuid` in the answering model's MLmodel file
+    tags: dict[str, str] = field(default_factory=dict)  # the request's tags header (checked)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

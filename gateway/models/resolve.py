@@ -20,7 +20,17 @@ class ResolvedModel:
     """Where a configured model really is: a local path or a pinned registry version."""
 
     load_uri: str
-    label: str  # what `x-served-model` says: `name/3` for registry models, else the path
+    # What `x-served-model` and the ledger say: `models:/name/3` for a registry model (never
+    # its alias), else the configured path.
+    label: str
+    version: str = ""  # the registry version, "" for a local model
+    run_id: str = ""  # the run the registry version came from, if it names one
+
+    @property
+    def identity(self) -> str:
+        """What makes two models the same model: its registry version (two versions may share
+        one source, and so one download URI), else its folder."""
+        return self.label if self.version else self.load_uri
 
 
 def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> ResolvedModel:
@@ -44,7 +54,7 @@ def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> Res
     try:
         if "@" in reference:
             name, alias = reference.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
+            found = client.get_model_version_by_alias(name, alias)
         else:
             name, _, selector = reference.rpartition("/")
             if not name or not selector:
@@ -56,12 +66,15 @@ def resolve_model(spec: str, *, base_dir: Path, registry_uri: str | None) -> Res
                 versions = client.search_model_versions(f"name = '{name}'")
                 if not versions:
                     raise ValueError(f"registered model {name!r} has no versions")
-                version = str(max(int(v.version) for v in versions))
+                found = max(versions, key=lambda v: int(v.version))
             else:
-                version = client.get_model_version(name, selector).version
+                found = client.get_model_version(name, selector)
+        version = str(found.version)
         return ResolvedModel(
             load_uri=client.get_model_version_download_uri(name, version),
-            label=f"{name}/{version}",
+            label=f"{REGISTRY_SCHEME}{name}/{version}",
+            version=version,
+            run_id=found.run_id or "",
         )
     except ValueError:
         raise
@@ -81,8 +94,8 @@ def registry_moved(
     base_dir: Path,
     registry_uri: str | None,
 ) -> list[str]:
-    """Registry models (`@alias`, `/latest`) that now resolve to a version whose load URI is not
-    in `serving` (blocking: it asks the registry)."""
+    """Registry models (`@alias`, `/latest`) that now resolve to a version not in `serving`
+    (identities: `models:/name/3`), blocking: it asks the registry."""
     moved = []
     for endpoint in endpoints:
         if not isinstance(endpoint, CustomEndpointConfig):
@@ -92,6 +105,6 @@ def registry_moved(
             if not spec.model.startswith(REGISTRY_SCHEME) or pinned:
                 continue
             resolved = resolve_model(spec.model, base_dir=base_dir, registry_uri=registry_uri)
-            if resolved.load_uri not in serving:
+            if resolved.identity not in serving:
                 moved.append(f"{spec.model} → {resolved.label}")
     return moved

@@ -17,7 +17,7 @@ from gateway.config.schema import BatchingConfig, CustomEndpointConfig, ServedMo
 from gateway.errors import GatewayError
 from gateway.models import scoring
 from gateway.models.batching import MicroBatcher
-from gateway.models.resolve import resolve_model
+from gateway.models.resolve import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +25,32 @@ CHAT_MODEL_LOADER = "mlflow.pyfunc.loaders.chat_model"
 
 
 class ServedModel:
-    """One loaded pyfunc model, its predict threads and (optionally) its micro-batcher."""
+    """One loaded pyfunc model, its predict threads and (optionally) its micro-batcher.
+
+    Its lineage is what the ledger records of every answer: `label` (`models:/name/3`, or the
+    configured path), the registry version's `run_id` and the MLmodel file's `model_uuid`.
+    """
 
     def __init__(
-        self, label: str, pyfunc: Any, max_concurrency: int, batching: BatchingConfig | None
+        self,
+        resolved: ResolvedModel,
+        pyfunc: Any,
+        max_concurrency: int,
+        batching: BatchingConfig | None,
     ):
-        self.label = label
+        self.label = resolved.label
+        self.version = resolved.version
+        metadata = pyfunc.metadata
+        # A local model names its run in its MLmodel file, if it was logged from one.
+        self.run_id: str = resolved.run_id or getattr(metadata, "run_id", None) or ""
+        self.model_uuid: str = getattr(metadata, "model_uuid", None) or ""
         self.pyfunc = pyfunc
         self.reuse_key: ReuseKey | None = None  # where it came from, for reuse by a reload
         flavor = pyfunc.metadata.flavors.get("python_function", {})
         self.is_chat = flavor.get("loader_module") == CHAT_MODEL_LOADER
-        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"predict-{label}")
+        self._executor = ThreadPoolExecutor(
+            max_concurrency, thread_name_prefix=f"predict-{self.label}"
+        )
         self._batcher: MicroBatcher[scoring.ScoringRequest, bytes | GatewayError] | None = None
         if batching is not None:
             self._batcher = MicroBatcher(
@@ -48,6 +63,12 @@ class ServedModel:
     def describe(self) -> dict[str, object]:
         """What `/ready` shows of this model."""
         description: dict[str, object] = {"model": self.label}
+        if self.version:
+            description["version"] = self.version
+        if self.run_id:
+            description["run_id"] = self.run_id
+        if self.model_uuid:
+            description["model_uuid"] = self.model_uuid
         if self._batcher is not None:
             description["batches"] = self._batcher.batches_run
             description["batched_requests"] = self._batcher.items_run
@@ -114,6 +135,7 @@ class CustomEndpoint:
             served.discard()
 
 
+# (the model's identity: `models:/name/3` or its folder, max_concurrency, batching)
 ReuseKey = tuple[str, int, BatchingConfig | None]
 
 
@@ -131,7 +153,7 @@ def load_served_model(
     settings, is taken from `reuse` instead of being loaded again (a reload keeps it warm).
     """
     resolved = resolve_model(spec.model, base_dir=base_dir, registry_uri=registry_uri)
-    key: ReuseKey = (resolved.load_uri, endpoint.max_concurrency, endpoint.batching)
+    key: ReuseKey = (resolved.identity, endpoint.max_concurrency, endpoint.batching)
     if reuse is not None and key in reuse:
         return reuse[key]
     # MLflow's scoring server sets this; some flavors behave differently when serving.
@@ -145,7 +167,7 @@ def load_served_model(
             f"cannot load {spec.model!r}: {_load_error(exc, resolved.load_uri)}"
         ) from exc
     _warm_up(pyfunc, spec.model)
-    served = ServedModel(resolved.label, pyfunc, endpoint.max_concurrency, endpoint.batching)
+    served = ServedModel(resolved, pyfunc, endpoint.max_concurrency, endpoint.batching)
     served.reuse_key = key
     return served
 

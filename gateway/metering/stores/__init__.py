@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.metering.stores.schema import DEFAULT_TABLE, GroupBy, Row, check_table
+from gateway.metering.stores.schema import DEFAULT_TABLE, Row, check_table
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
@@ -25,7 +25,7 @@ class Store(Protocol):
         """Insert in one transaction; a row whose request_id is already stored is skipped."""
 
     async def query(
-        self, since: float | None, until: float | None, group_by: Sequence[GroupBy]
+        self, since: float | None, until: float | None, group_by: Sequence[str]
     ) -> list[dict[str, Any]]: ...
 
     async def rows(

@@ -12,12 +12,12 @@ from gateway.metering.stores import StoreError, drop_empty
 from gateway.metering.stores.schema import (
     ADDED_COLUMNS,
     POSTGRES,
-    GroupBy,
     Row,
     create_statements,
     event_dict,
     index_statements,
     insert_sql,
+    name_tags,
     query_sql,
     rows_sql,
 )
@@ -44,10 +44,10 @@ class PostgresStore:
             raise StoreError(f"Postgres ledger: {type(error).__name__}: {error}") from error
 
     async def query(
-        self, since: float | None, until: float | None, group_by: Sequence[GroupBy]
+        self, since: float | None, until: float | None, group_by: Sequence[str]
     ) -> list[dict[str, Any]]:
         sql, args = query_sql(self._table, POSTGRES, since, until, group_by)
-        return drop_empty([dict(record) for record in await self._fetch(sql, args)])
+        return drop_empty(name_tags([dict(r) for r in await self._fetch(sql, args)], group_by))
 
     async def rows(
         self, since: float | None, until: float | None, limit: int

@@ -2,7 +2,8 @@
 
 Values are always bound as parameters; the only text interpolated into SQL is the table name
 (checked against `TABLE_NAME` when a store is built), the grouping columns (checked against
-`GROUP_BY`) and the fixed expressions below.
+`GROUP_BY`) and the fixed expressions below. A request tag to group by (`tag:team`) is checked
+too, and still reaches the SQL only as a bound value (the JSON path or key).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any, Final, Literal, get_args
 
 import orjson
 
+from gateway.metering.tags import check_tag_key
 from gateway.metering.usage import UsageEvent
 
 GroupBy = Literal["principal", "endpoint", "day", "route", "status", "served"]
 GROUP_BY: Final[tuple[str, ...]] = get_args(GroupBy)
+TAG_PREFIX: Final = "tag:"  # `tag:team` groups by the request tag `team` ('' when untagged)
 DEFAULT_TABLE: Final = "gateway_usage"
 # `schema.table` is allowed so that tests can give every run a Postgres schema of its own.
 TABLE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
@@ -26,6 +29,7 @@ COLUMNS: Final = (
     "request_id", "time", "principal", "groups", "endpoint", "served", "route", "status",
     "latency_ms", "overhead_ms", "prompt_tokens", "completion_tokens", "estimated", "rows",
     "cost_usd", "fallback_used", "client_request_id", "principal_kind", "served_endpoint",
+    "served_run_id", "model_uuid", "tags",
 )  # fmt: skip
 
 # Columns added after the first release: tables made before get them on open (name, DDL).
@@ -33,12 +37,16 @@ ADDED_COLUMNS: Final = (
     ("client_request_id", "TEXT NOT NULL DEFAULT ''"),
     ("principal_kind", "TEXT NOT NULL DEFAULT 'key'"),
     ("served_endpoint", "TEXT NOT NULL DEFAULT ''"),
+    ("served_run_id", "TEXT NOT NULL DEFAULT ''"),
+    ("model_uuid", "TEXT NOT NULL DEFAULT ''"),
+    ("tags", "TEXT NOT NULL DEFAULT '{}'"),
 )
 
-# One row as bound to the INSERT, in COLUMNS order; `groups` is a JSON array (text).
+# One row as bound to the INSERT, in COLUMNS order; `groups` is a JSON array (text), `tags`
+# a JSON object of strings (text).
 Row = tuple[
     str, float, str, str, str, str, str, int, float, float, int, int, bool, int, float, bool,
-    str, str, str,
+    str, str, str, str, str, str,
 ]  # fmt: skip
 
 
@@ -57,6 +65,9 @@ def decode(line: bytes) -> Row:
         groups = obj["groups"]
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise CorruptRecord("'groups' is not a list of strings")
+        tags = obj.get("tags", {})
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise CorruptRecord("'tags' is not an object of strings")
         return (
             _text(obj["request_id"]), float(obj["time"]), _text(obj["principal"]),
             orjson.dumps(groups).decode(), _text(obj["endpoint"]), _text(obj["served"]),
@@ -66,6 +77,8 @@ def decode(line: bytes) -> Row:
             int(obj.get("rows", 0)), float(obj.get("cost_usd", 0.0)),
             bool(obj.get("fallback_used", False)), _text(obj.get("client_request_id", "")),
             _text(obj.get("principal_kind", "key")), _text(obj.get("served_endpoint", "")),
+            _text(obj.get("served_run_id", "")), _text(obj.get("model_uuid", "")),
+            _text(orjson.dumps(tags).decode()),
         )  # fmt: skip
     except CorruptRecord:
         raise
@@ -85,6 +98,7 @@ def event_dict(row: Sequence[Any]) -> dict[str, Any]:
     """A stored row as `UsageEvent.as_dict()` shapes it (SQLite returns booleans as 0/1)."""
     out = dict(zip(COLUMNS, row, strict=True))
     out["groups"] = tuple(orjson.loads(out["groups"]))
+    out["tags"] = orjson.loads(out["tags"])
     out["estimated"] = bool(out["estimated"])
     out["fallback_used"] = bool(out["fallback_used"])
     return out
@@ -104,6 +118,17 @@ class Dialect:
         if self.name == "sqlite":
             return "strftime('%Y-%m-%d', time, 'unixepoch')"
         return "to_char(to_timestamp(time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def tag(self, index: int) -> str:
+        """The value of the request tag whose JSON path (SQLite) or key (Postgres) is the
+        index-th bound value; '' when the row has no such tag."""
+        if self.name == "sqlite":
+            return f"COALESCE(json_extract(tags, {self.param(index)}), '')"
+        return f"COALESCE(tags::jsonb ->> {self.param(index)}::text, '')"
+
+    def tag_arg(self, key: str) -> str:
+        # The key's charset (tags.TAG_KEY) holds no quote, so the quoted path is exact.
+        return f'$."{key}"' if self.name == "sqlite" else key
 
 
 SQLITE: Final = Dialect("sqlite")
@@ -138,7 +163,10 @@ def create_statements(table: str) -> list[str]:
             fallback_used BOOLEAN NOT NULL,
             client_request_id TEXT NOT NULL DEFAULT '',
             principal_kind TEXT NOT NULL DEFAULT 'key',
-            served_endpoint TEXT NOT NULL DEFAULT ''
+            served_endpoint TEXT NOT NULL DEFAULT '',
+            served_run_id TEXT NOT NULL DEFAULT '',
+            model_uuid TEXT NOT NULL DEFAULT '',
+            tags TEXT NOT NULL DEFAULT '{{}}'
         )""",
         f"CREATE INDEX IF NOT EXISTS {bare}_time ON {table} (time)",
         f"CREATE INDEX IF NOT EXISTS {bare}_principal_time ON {table} (principal, time)",
@@ -159,9 +187,12 @@ def insert_sql(table: str, dialect: Dialect) -> str:
     )
 
 
-def _where(dialect: Dialect, since: float | None, until: float | None) -> tuple[str, list[Any]]:
+def _where(
+    dialect: Dialect, since: float | None, until: float | None, args: list[Any] | None = None
+) -> tuple[str, list[Any]]:
+    """The time window, its values appended to `args` (the values bound before it)."""
     clauses: list[str] = []
-    args: list[Any] = []
+    args = [] if args is None else args
     if since is not None:
         args.append(float(since))
         clauses.append(f"time >= {dialect.param(len(args))}")
@@ -169,6 +200,20 @@ def _where(dialect: Dialect, since: float | None, until: float | None) -> tuple[
         args.append(float(until))
         clauses.append(f"time < {dialect.param(len(args))}")
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def tag_column(index: int) -> str:
+    """The result column of the index-th tag grouped by (renamed `tag:KEY` by `name_tags`)."""
+    return f"tag_{index}"
+
+
+def name_tags(results: list[dict[str, Any]], group_by: Sequence[str]) -> list[dict[str, Any]]:
+    """Results of `query_sql` with their tag columns named as grouped by (`tag:team`)."""
+    tags = [key for key in dict.fromkeys(group_by) if key.startswith(TAG_PREFIX)]
+    if not tags:
+        return results
+    names = {tag_column(i): key for i, key in enumerate(tags)}
+    return [{names.get(column, column): value for column, value in row.items()} for row in results]
 
 
 def query_sql(
@@ -179,19 +224,32 @@ def query_sql(
     group_by: Sequence[str],
 ) -> tuple[str, list[Any]]:
     """Totals per group over [since, until). Without `group_by` this is one row, whose
-    `requests` is 0 when nothing matched: callers drop it (see `stores.aggregate`)."""
+    `requests` is 0 when nothing matched: callers drop it (see `stores.aggregate`).
+
+    A `tag:KEY` group is selected as `tag_N` (N counting tags only): see `name_tags`."""
     keys = list(dict.fromkeys(group_by))  # keep the caller's order, drop repeats
-    unknown = [key for key in keys if key not in GROUP_BY]
+    unknown = [key for key in keys if key not in GROUP_BY and not key.startswith(TAG_PREFIX)]
     if unknown:
-        raise ValueError(f"cannot group usage by {unknown}; choose from {list(GROUP_BY)}")
+        raise ValueError(
+            f"cannot group usage by {unknown}; choose from {list(GROUP_BY)} or tag:KEY"
+        )
     # A JWT subject and a key may share an id: a principal is its kind and its id.
     columns = [
         column
         for key in keys
         for column in ((key, "principal_kind") if key == "principal" else (key,))
     ]
-    selected = [f"{dialect.day} AS day" if column == "day" else column for column in columns]
-    where, args = _where(dialect, since, until)
+    args: list[Any] = []
+    selected = []
+    for column in columns:
+        if column == "day":
+            selected.append(f"{dialect.day} AS day")
+        elif column.startswith(TAG_PREFIX):
+            args.append(dialect.tag_arg(check_tag_key(column[len(TAG_PREFIX) :])))
+            selected.append(f"{dialect.tag(len(args))} AS {tag_column(len(args) - 1)}")
+        else:
+            selected.append(column)
+    where, args = _where(dialect, since, until, args)
     # CAST keeps integer sums integers: Postgres widens SUM(bigint) to numeric.
     sql = (
         "SELECT "

@@ -19,12 +19,12 @@ from gateway.metering.stores import StoreError, drop_empty
 from gateway.metering.stores.schema import (
     ADDED_COLUMNS,
     SQLITE,
-    GroupBy,
     Row,
     create_statements,
     event_dict,
     index_statements,
     insert_sql,
+    name_tags,
     query_sql,
     rows_sql,
 )
@@ -44,10 +44,10 @@ class SqliteStore:
         await self._run(self._insert_sync, rows)
 
     async def query(
-        self, since: float | None, until: float | None, group_by: Sequence[GroupBy]
+        self, since: float | None, until: float | None, group_by: Sequence[str]
     ) -> list[dict[str, Any]]:
         sql, args = query_sql(self._table, SQLITE, since, until, group_by)
-        return drop_empty(await self._run(self._fetch_dicts, sql, args))
+        return drop_empty(name_tags(await self._run(self._fetch_dicts, sql, args), group_by))
 
     async def rows(
         self, since: float | None, until: float | None, limit: int
