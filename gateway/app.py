@@ -23,7 +23,6 @@ from gateway.config.reload import Reloader
 from gateway.config.schema import Access
 from gateway.config.triggers import ReloadTriggers
 from gateway.errors import (
-    BadRequest,
     ConfigError,
     ConfigIssue,
     EndpointNotFound,
@@ -34,7 +33,13 @@ from gateway.errors import (
     render,
     render_stream_event,
 )
-from gateway.http import ClientDisconnected, Request, Response, StreamingResponse
+from gateway.http import (
+    ClientDisconnected,
+    Request,
+    Response,
+    StreamingResponse,
+    client_request_id,
+)
 from gateway.limits import open_limiter
 from gateway.metering.metrics import Metrics
 from gateway.metering.recorder import UsageRecorder
@@ -48,7 +53,6 @@ logger = logging.getLogger("gateway")
 
 REQUEST_ID = b"x-request-id"
 GATEWAY_REQUEST_ID = b"x-gateway-request-id"
-MAX_CLIENT_REQUEST_ID = 128
 SERVED_MODEL = b"x-served-model"
 CONFIG_VERSION = b"x-config-version"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -109,7 +113,7 @@ class GatewayApp:
         try:
             client_id = request.header(REQUEST_ID)
             if client_id is not None:
-                request.client_request_id = _client_request_id(client_id)
+                request.client_request_id = client_request_id(client_id)
                 # Echoed as the client sent it; ours goes beside it.
                 extra = [(REQUEST_ID, client_id), (GATEWAY_REQUEST_ID, extra[0][1])]
             request.tags = parse_tags(request.header(TAGS), request.header(DATABRICKS_TAGS))
@@ -217,16 +221,6 @@ class GatewayApp:
             await runtime.aclose()
         await self.state.usage.aclose()  # drains the ledger's spool into its database
         await self.state.limiter.aclose()
-
-
-def _client_request_id(header: bytes) -> str:
-    """The client's own request id, stored beside the ledger's key and echoed back."""
-    if not 0 < len(header) <= MAX_CLIENT_REQUEST_ID or not header.isascii():
-        raise BadRequest(f"x-request-id must be 1 to {MAX_CLIENT_REQUEST_ID} ASCII characters.")
-    text = header.decode("ascii")
-    if not text.isprintable():
-        raise BadRequest("x-request-id must not contain control characters.")
-    return text
 
 
 def create_app() -> GatewayApp:

@@ -93,6 +93,20 @@ def json_object(body: bytes) -> dict[str, Any]:
     return document
 
 
+MAX_CLIENT_REQUEST_ID = 128
+
+
+def client_request_id(value: bytes, what: str = "x-request-id") -> str:
+    """The client's own request id (`x-request-id`, or Databricks' `client_request_id` field),
+    stored beside the ledger's key."""
+    if not 0 < len(value) <= MAX_CLIENT_REQUEST_ID or not value.isascii():
+        raise BadRequest(f"{what} must be 1 to {MAX_CLIENT_REQUEST_ID} ASCII characters.")
+    text = value.decode("ascii")
+    if not text.isprintable():
+        raise BadRequest(f"{what} must not contain control characters.")
+    return text
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request was read; nothing is sent back."""
 

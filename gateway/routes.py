@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.api import admin, anthropic, docs, health, invocations, openai
+from gateway.api import admin, anthropic, deployments, docs, health, invocations, openai
 from gateway.errors import Protocol
 from gateway.http import Request, Response, StreamingResponse
 from gateway.state import Caller, GatewayState
@@ -57,6 +57,13 @@ ROUTES: tuple[AnyRoute, ...] = (
     # MLflow scoring protocol (and OpenAI bodies on LLM endpoints, as Databricks serves them)
     Route("/invocations", POST, invocations.invoke_default),
     Route("/serving-endpoints/{name}/invocations", POST, invocations.invoke_named),
+    # MLflow's deployments clients: get_deploy_client("http://…") and ("databricks")
+    Route("/endpoints/{name}/invocations", POST, invocations.invoke_named),
+    Route("/api/2.0/endpoints/", GET, deployments.list_endpoints),
+    Route("/api/2.0/endpoints/{name}", GET, deployments.get_endpoint),
+    Route("/api/2.0/serving-endpoints", GET, deployments.list_serving_endpoints),
+    Route("/api/2.0/serving-endpoints/", GET, deployments.list_serving_endpoints),
+    Route("/api/2.0/serving-endpoints/{name}", GET, deployments.get_serving_endpoint),
     # OpenAI and Anthropic
     Route("/v1/chat/completions", POST, openai.chat_completions, "openai"),
     Route("/v1/completions", POST, openai.completions, "openai"),
@@ -69,6 +76,7 @@ ROUTES: tuple[AnyRoute, ...] = (
     OpenRoute("/live", GET, health.live),
     OpenRoute("/ready", GET, health.ready),
     OpenRoute("/version", GET, health.version, setting="version"),
+    OpenRoute("/version/gateway", GET, health.gateway_version, setting="version"),
     # operations
     OpenRoute("/metrics", GET, admin.metrics, setting="metrics"),
     Route("/admin/usage/recent", GET, admin.recent_usage, access="admin"),

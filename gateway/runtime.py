@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.auth.keys import KeyRing
 from gateway.config.loading import LoadedConfig
-from gateway.config.schema import CustomEndpointConfig, JWTConfig
+from gateway.config.schema import CustomEndpointConfig, JWTConfig, Task
 from gateway.errors import ConfigError, ConfigIssue, EndpointNotFound, NotReady
 from gateway.limits import Limiter, MemoryLimiter, RuleBook
 from gateway.limits.governor import Governor
@@ -53,6 +53,12 @@ class Runtime:
         if endpoint is None:
             raise EndpointNotFound(f"Endpoint {name!r} does not exist.")
         return endpoint
+
+    def task(self, name: str) -> Task | Literal["custom"]:
+        """What `name` does, as listings show it: an LLM task (a custom endpoint whose models
+        are all ChatModels is a chat endpoint), else `custom` (MLflow's scoring protocol)."""
+        llm = self.llm_endpoints.get(name)
+        return llm.task if llm is not None else "custom"
 
     def llm_endpoint(self, name: str) -> LLMEndpoint:
         endpoint = self.llm_endpoints.get(name)

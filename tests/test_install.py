@@ -388,6 +388,6 @@ def test_metrics_ready_version_and_docs(gateway: GatewayProcess) -> None:
     assert ready.status_code == 200, ready.text
     metrics = httpx.get(f"{gateway.url}/metrics")
     assert metrics.status_code == 200 and "gateway_requests_total" in metrics.text
-    assert httpx.get(f"{gateway.url}/version").json()["mlflow"]
+    assert httpx.get(f"{gateway.url}/version/gateway").json()["mlflow"]
     assert httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
     assert httpx.get(f"{gateway.url}/docs").status_code == 200

@@ -131,6 +131,7 @@ def test_open_routes_need_no_credentials() -> None:
     }
     assert open_paths == {
         *openapi.HEALTH_LINKS,
+        "/version/gateway",
         "/metrics",
         "/",
         "/openapi.json",
@@ -220,6 +221,7 @@ def test_the_index_names_the_gateway_and_links_the_docs(gateway: GatewayProcess)
 
 OPEN_PATHS = {
     *openapi.HEALTH_LINKS,
+    "/version/gateway",
     "/metrics",
     "/",
     "/openapi.json",

@@ -6,8 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
+from gateway import __version__
 from gateway.auth.keys import key_digest
 from tests.gateway_process import GatewayProcess, run_gateway, write_config
 from tests.models import IRIS_ONE_ROW, TestModels
@@ -158,8 +161,13 @@ def test_ready_lists_the_loaded_endpoints(gateway: GatewayProcess, models: TestM
     assert set(body["endpoints"]) == {"iris", "diabetes"}
 
 
-def test_version_names_gateway_and_mlflow(gateway: GatewayProcess) -> None:
-    assert set(httpx.get(f"{gateway.url}/version").json()) == {"gateway", "mlflow"}
+def test_version_is_mlflows_bare_version_and_ours_has_its_own_route(
+    gateway: GatewayProcess,
+) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    assert ScoringServerClient(host, int(port)).get_version() == mlflow.__version__
+    versions = httpx.get(f"{gateway.url}/version/gateway").json()
+    assert versions == {"gateway": __version__, "mlflow": mlflow.__version__}
 
 
 def test_the_openapi_document_describes_the_routes(gateway: GatewayProcess) -> None:

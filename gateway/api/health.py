@@ -45,10 +45,17 @@ async def ready(request: Request, state: GatewayState) -> Response:
 
 
 async def version(request: Request, state: GatewayState) -> Response:
-    """MLflow's `/version` answers with the MLflow version; we add our own beside it."""
+    """MLflow's `/version`: the bare MLflow version, which `ScoringServerClient.get_version`
+    compares (MLflow labels it JSON; it is not, so it goes as text)."""
+    return Response(200, _mlflow_version().encode(), content_type=b"text/plain; charset=utf-8")
+
+
+async def gateway_version(request: Request, state: GatewayState) -> Response:
+    """The gateway's version, and MLflow's beside it."""
+    return Response(200, orjson.dumps({"gateway": __version__, "mlflow": _mlflow_version()}))
+
+
+def _mlflow_version() -> str:
     from importlib.metadata import version as package_version
 
-    return Response(
-        200,
-        orjson.dumps({"gateway": __version__, "mlflow": package_version("mlflow")}),
-    )
+    return package_version("mlflow")

@@ -47,9 +47,9 @@ async def list_models(request: Request, state: GatewayState, caller: Caller) -> 
             "object": "model",
             "created": created,
             "owned_by": "gateway",
-            "task": endpoint.task,
+            "task": runtime.task(name),
         }
-        for name, endpoint in runtime.llm_endpoints.items()
+        for name in runtime.endpoints
         if caller.principal.may_call(name)
     ]
     return Response(200, orjson.dumps({"object": "list", "data": models}))

@@ -118,23 +118,22 @@ _SCORED = {
         "text/event-stream": {"schema": ref("EventStream")},
     },
 }
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The endpoint's name, as in the config's `endpoints`.",
+    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+}
 _SCORING_ERRORS = (400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504, "4XX")
 
 
-def _scoring(name: str | None) -> dict[str, Any]:
+def _scoring(name: str | None, operation_id: str | None = None) -> dict[str, Any]:
     parameters = None
     if name is not None:
-        parameters = [
-            {
-                "name": "name",
-                "in": "path",
-                "required": True,
-                "description": "The endpoint's name, as in the config's `endpoints`.",
-                "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
-            }
-        ]
+        parameters = [_NAME]
     return _operation(
-        "invokeEndpoint" if name else "invokeDefault",
+        operation_id or ("invokeEndpoint" if name else "invokeDefault"),
         "Score an endpoint" if name else "Score the default endpoint",
         "scoring",
         {"200": _SCORED, **_errors("mlflow", *_SCORING_ERRORS)},
@@ -190,6 +189,17 @@ def _health() -> dict[str, Any]:
         "/ready": _open_get("ready", "Readiness, with the loaded endpoints", "health", ready),
         "/version": _open_get(
             "version",
+            "MLflow's version, bare, as `mlflow models serve` answers",
+            "health",
+            {
+                "200": {
+                    "description": "The MLflow version",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        ),
+        "/version/gateway": _open_get(
+            "gatewayVersion",
             "Gateway and MLflow versions",
             "health",
             {"200": _json(ref("Version"), "Versions")},
@@ -282,6 +292,65 @@ def _admin() -> dict[str, Any]:
     }
 
 
+def _deployments() -> dict[str, Any]:
+    """What `mlflow.deployments.get_deploy_client` reads, for an http target and Databricks."""
+    one_errors = _errors("mlflow", 401, 403, 404, 503)
+    serving_list = {
+        "get": _operation(
+            "listServingEndpoints",
+            "The endpoints the caller may call, as Databricks lists serving endpoints",
+            "deployments",
+            {
+                "200": _json(ref("ServingEndpointList"), "Serving endpoints"),
+                **_errors("mlflow", 401, 503),
+            },
+        )
+    }
+    return {
+        "/endpoints/{name}/invocations": {"post": _scoring("name", "invokeDeploymentsEndpoint")},
+        "/api/2.0/endpoints/": {
+            "get": _operation(
+                "listMlflowEndpoints",
+                "The endpoints the caller may call, one page, as MLflow's AI Gateway lists them",
+                "deployments",
+                {
+                    "200": _json(ref("MlflowEndpointPage"), "A page of endpoints"),
+                    **_errors("mlflow", 400, 401, 503),
+                },
+                parameters=[
+                    _query(
+                        "page_token",
+                        {"type": "string"},
+                        "The `next_page_token` of the previous page.",
+                    )
+                ],
+            )
+        },
+        "/api/2.0/endpoints/{name}": {
+            "get": _operation(
+                "getMlflowEndpoint",
+                "One endpoint, as MLflow's AI Gateway describes it",
+                "deployments",
+                {"200": _json(ref("MlflowEndpoint"), "The endpoint"), **one_errors},
+                parameters=[_NAME],
+            )
+        },
+        "/api/2.0/serving-endpoints": serving_list,
+        "/api/2.0/serving-endpoints/": {
+            "get": {**serving_list["get"], "operationId": "listServingEndpointsSlash"}
+        },
+        "/api/2.0/serving-endpoints/{name}": {
+            "get": _operation(
+                "getServingEndpoint",
+                "One endpoint, as Databricks describes a serving endpoint",
+                "deployments",
+                {"200": _json(ref("ServingEndpoint"), "The endpoint"), **one_errors},
+                parameters=[_NAME],
+            )
+        },
+    }
+
+
 def _docs() -> dict[str, Any]:
     html = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
     asset = _open_get(
@@ -327,7 +396,7 @@ def _paths() -> dict[str, Any]:
         "/v1/models": {
             "get": _operation(
                 "listModels",
-                "The LLM endpoints the caller may use",
+                "The endpoints the caller may use, with their tasks (`custom`: MLflow scoring)",
                 "openai",
                 {"200": _json(ref("ModelList"), "Models"), **_errors("openai", 401, 503)},
             )
@@ -341,6 +410,7 @@ def _paths() -> dict[str, Any]:
                 True,
             )
         },
+        **_deployments(),
         **_health(),
         **_admin(),
         **_docs(),
@@ -363,6 +433,7 @@ def document() -> dict[str, Any]:
             {"name": name, "description": text}
             for name, text in (
                 ("scoring", "MLflow scoring protocol; errors in MLflow's shape"),
+                ("deployments", "MLflow's deployments clients (http and Databricks targets)"),
                 ("openai", "OpenAI-compatible; errors in OpenAI's shape"),
                 ("anthropic", "Anthropic Messages; errors in Anthropic's shape"),
                 ("health", "Open health and metrics routes"),

@@ -219,7 +219,7 @@ _OPENAI: dict[str, Schema] = {
                         "object": {"const": "model"},
                         "created": {"type": "integer"},
                         "owned_by": {"type": "string"},
-                        "task": {"enum": ["chat", "completions", "embeddings"]},
+                        "task": {"enum": ["chat", "completions", "embeddings", "custom"]},
                     },
                 },
             },
@@ -377,5 +377,101 @@ _OPERATIONS: dict[str, Schema] = {
     },
 }
 
+# MLflow's deployments clients: the AI Gateway's `Endpoint` and Databricks' serving endpoint.
+_ENDPOINT_TYPE = {
+    "enum": ["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "mlflow/v1/invocations"]
+}
+_SERVING_ROUTE = {
+    "type": "object",
+    "required": ["served_entity_name", "traffic_percentage"],
+    "properties": {
+        "served_entity_name": {"type": "string"},
+        "served_model_name": {"type": "string"},
+        "traffic_percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+}
+_DEPLOYMENTS: dict[str, Schema] = {
+    "MlflowEndpoint": {
+        "type": "object",
+        "required": ["name", "endpoint_type", "model", "endpoint_url", "limit"],
+        "properties": {
+            "name": {"type": "string"},
+            "endpoint_type": _ENDPOINT_TYPE,
+            "model": {
+                "type": "object",
+                "required": ["name", "provider"],
+                "properties": {"name": {"type": "string"}, "provider": {"type": "string"}},
+            },
+            "endpoint_url": {"type": "string", "examples": ["/endpoints/chat/invocations"]},
+            "limit": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["calls", "renewal_period"],
+                        "properties": {
+                            "calls": {"type": "integer", "minimum": 1},
+                            "key": {"type": ["string", "null"]},
+                            "renewal_period": {"enum": ["second", "minute", "hour", "day"]},
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            },
+        },
+    },
+    "MlflowEndpointPage": {
+        "type": "object",
+        "required": ["endpoints"],
+        "properties": {
+            "endpoints": {"type": "array", "items": ref("MlflowEndpoint")},
+            "next_page_token": {"type": "string", "description": "Absent on the last page."},
+        },
+    },
+    "ServingEndpoint": {
+        "type": "object",
+        "required": ["name", "state", "config"],
+        "properties": {
+            "name": {"type": "string"},
+            "id": {"type": "string"},
+            "creator": {"type": "string"},
+            "creation_timestamp": {"type": "integer"},
+            "last_updated_timestamp": {"type": "integer"},
+            "task": _ENDPOINT_TYPE,
+            "state": {
+                "type": "object",
+                "required": ["ready"],
+                "properties": {
+                    "ready": {"enum": ["READY", "NOT_READY"]},
+                    "config_update": {"type": "string"},
+                },
+            },
+            "config": {
+                "type": "object",
+                "required": ["served_entities", "traffic_config"],
+                "properties": {
+                    "served_entities": {"type": "array", "items": _OPEN},
+                    "traffic_config": {
+                        "type": "object",
+                        "properties": {"routes": {"type": "array", "items": _SERVING_ROUTE}},
+                    },
+                    "config_version": {"type": "string"},
+                },
+            },
+        },
+    },
+    "ServingEndpointList": {
+        "type": "object",
+        "required": ["endpoints"],
+        "properties": {"endpoints": {"type": "array", "items": ref("ServingEndpoint")}},
+    },
+}
 
-SCHEMAS: dict[str, Schema] = {**_ERRORS, **_SCORING, **_OPENAI, **_ANTHROPIC, **_OPERATIONS}
+
+SCHEMAS: dict[str, Schema] = {
+    **_ERRORS,
+    **_SCORING,
+    **_OPENAI,
+    **_ANTHROPIC,
+    **_OPERATIONS,
+    **_DEPLOYMENTS,
+}

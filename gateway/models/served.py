@@ -108,6 +108,7 @@ class CustomEndpoint:
     def __init__(self, name: str, served: list[ServedModel], weights: list[int]) -> None:
         self.name = name
         self.served = served
+        self.weights = tuple(weights)  # of each served model, in order
         # Reachable through /v1/chat/completions when every served model is a ChatModel.
         self.is_chat = all(model.is_chat for model in served)
         self._cumulative: list[int] = []

@@ -163,7 +163,8 @@ class OpenAICompatBackend:
 
     def describe(self) -> dict[str, object]:
         now = time.monotonic()
-        return {"cooled_down": [d.target.label for d in self._deployments if d.cooled_until > now]}
+        cooled = [d.target.label for d in self._deployments if d.cooled_until > now]
+        return {"cooled_down": cooled, "ready": len(cooled) < len(self._deployments)}
 
     async def warm_up(self) -> None:
         """Nothing to prepare: pools connect on first use."""
