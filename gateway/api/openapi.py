@@ -13,135 +13,18 @@ from typing import Any
 import orjson
 
 from gateway import __version__
-from gateway.api.openapi_schemas import SCHEMAS, Schema, ref
+from gateway.api import openapi_deployments
+from gateway.api.openapi_operations import (
+    errors,
+    json,
+    operation,
+    query,
+    scoring,
+)
+from gateway.api.openapi_schemas import SCHEMAS, ref
 
 HEALTH_LINKS = ("/ping", "/health", "/live", "/ready", "/version")
-_ERROR_SCHEMA = {"mlflow": "MlflowError", "openai": "OpenAIError", "anthropic": "AnthropicError"}
-_STATUS_TEXT = {
-    400: "Invalid request",
-    401: "Missing or invalid API key or token",
-    403: "The caller may not use this endpoint or route",
-    404: "Unknown endpoint or model",
-    413: "Request body over `server.max_body_bytes`",
-    415: "Unsupported Content-Type",
-    429: "A rate limit, token limit, budget or provisioned capacity is used up (see Retry-After)",
-    500: "The model failed while predicting (MLflow's INTERNAL_ERROR)",
-    502: "The upstream failed or could not be reached",
-    503: "The gateway is starting (models still loading) or a store is unavailable",
-    504: "The upstream did not answer in time",
-    "4XX": "Another client error, passed on from the upstream with its status and message",
-}
-_RETRY_AFTER = {
-    "Retry-After": {
-        "description": "Seconds until a retry may succeed, when that is known.",
-        "schema": {"type": "integer", "minimum": 1},
-    }
-}
-_OPEN_SECURITY: list[dict[str, list[str]]] = []  # `security: []` overrides the global default
-
-
-def _json(schema: Schema, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(protocol: str, *statuses: int | str) -> dict[str, Any]:
-    schema = ref(_ERROR_SCHEMA[protocol])
-    responses: dict[str, Any] = {}
-    for status in statuses:
-        responses[str(status)] = _json(schema, _STATUS_TEXT[status])
-        if status == 429:
-            responses[str(status)]["headers"] = _RETRY_AFTER
-    return responses
-
-
-def _operation(
-    operation_id: str,
-    summary: str,
-    tag: str,
-    responses: dict[str, Any],
-    *,
-    secured: bool = True,
-    body: dict[str, Any] | None = None,
-    parameters: list[dict[str, Any]] | None = None,
-    description: str | None = None,
-) -> dict[str, Any]:
-    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": [tag]}
-    if description:
-        operation["description"] = description
-    if parameters:
-        operation["parameters"] = parameters
-    if body is not None:
-        operation["requestBody"] = body
-    operation["responses"] = responses
-    if not secured:
-        operation["security"] = _OPEN_SECURITY
-    return operation
-
-
-def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
 # --- the operations, by area --------------------------------------------------------------------
-
-_SCORING_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {"schema": ref("ScoringRequest")},
-        "text/csv": {"schema": {"type": "string"}},
-        "application/vnd.apache.parquet": {
-            "schema": {"type": "string", "contentMediaType": "application/vnd.apache.parquet"}
-        },
-    },
-}
-_SCORED = {
-    "description": '`{"predictions": ...}`; an LLM endpoint answers the OpenAI body of its task,'
-    " and an MLflow model with an LLM signature its unwrapped answer.",
-    "content": {
-        "application/json": {
-            "schema": {
-                "anyOf": [
-                    ref("Predictions"),
-                    ref("ChatCompletion"),
-                    ref("Completion"),
-                    ref("EmbeddingList"),
-                    {"type": "object", "description": "An LLM model's unwrapped answer"},
-                ]
-            }
-        },
-        "text/event-stream": {"schema": ref("EventStream")},
-    },
-}
-_NAME = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "description": "The endpoint's name, as in the config's `endpoints`.",
-    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
-}
-_SCORING_ERRORS = (400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504, "4XX")
-
-
-def _scoring(name: str | None, operation_id: str | None = None) -> dict[str, Any]:
-    parameters = None
-    if name is not None:
-        parameters = [_NAME]
-    return _operation(
-        operation_id or ("invokeEndpoint" if name else "invokeDefault"),
-        "Score an endpoint" if name else "Score the default endpoint",
-        "scoring",
-        {"200": _SCORED, **_errors("mlflow", *_SCORING_ERRORS)},
-        body=_SCORING_BODY,
-        parameters=parameters,
-        description="MLflow's scoring protocol (`mlflow models serve`); on an LLM endpoint the"
-        " OpenAI body of its task, as Databricks serving endpoints take.",
-    )
 
 
 def _llm(operation_id: str, summary: str, request: str, answer: str, stream: bool) -> Any:
@@ -150,7 +33,7 @@ def _llm(operation_id: str, summary: str, request: str, answer: str, stream: boo
     if stream:
         content["text/event-stream"] = {"schema": ref("EventStream")}
     statuses = (400, 401, 403, 404, 413, 429, 502, 503, 504, "4XX")
-    return _operation(
+    return operation(
         operation_id,
         summary,
         "anthropic" if protocol == "anthropic" else "openai",
@@ -159,24 +42,24 @@ def _llm(operation_id: str, summary: str, request: str, answer: str, stream: boo
                 "description": "The answer, or its stream when `stream` is true",
                 "content": content,
             },
-            **_errors(protocol, *statuses),
+            **errors(protocol, *statuses),
         },
         body={"required": True, "content": {"application/json": {"schema": ref(request)}}},
     )
 
 
 def _open_get(operation_id: str, summary: str, tag: str, responses: dict[str, Any]) -> Any:
-    return {"get": _operation(operation_id, summary, tag, responses, secured=False)}
+    return {"get": operation(operation_id, summary, tag, responses, secured=False)}
 
 
 def _health() -> dict[str, Any]:
     ping = {
         "200": {"description": "Models are loaded (the body is a newline, as MLflow's)"},
-        "503": _json(ref("Status"), "Models are still loading"),
+        "503": json(ref("Status"), "Models are still loading"),
     }
     ready = {
-        "200": _json(ref("Ready"), "Ready"),
-        "503": _json(ref("Ready"), "Loading, or loading failed"),
+        "200": json(ref("Ready"), "Ready"),
+        "503": json(ref("Ready"), "Loading, or loading failed"),
     }
     metrics = {
         "description": "Prometheus text exposition (labels hold no secrets)",
@@ -185,7 +68,7 @@ def _health() -> dict[str, Any]:
     return {
         "/ping": _open_get("ping", "MLflow health check", "health", ping),
         "/health": _open_get("health", "Same as /ping", "health", ping),
-        "/live": _open_get("live", "Liveness", "health", {"200": _json(ref("Status"), "Alive")}),
+        "/live": _open_get("live", "Liveness", "health", {"200": json(ref("Status"), "Alive")}),
         "/ready": _open_get("ready", "Readiness, with the loaded endpoints", "health", ready),
         "/version": _open_get(
             "version",
@@ -202,19 +85,19 @@ def _health() -> dict[str, Any]:
             "gatewayVersion",
             "Gateway and MLflow versions",
             "health",
-            {"200": _json(ref("Version"), "Versions")},
+            {"200": json(ref("Version"), "Versions")},
         ),
         "/metrics": _open_get("metrics", "Prometheus metrics", "health", {"200": metrics}),
     }
 
 
 def _admin() -> dict[str, Any]:
-    errors = _errors("mlflow", 400, 401, 403, 503)
+    admin_errors = errors("mlflow", 400, 401, 403, 503)
     usage_parameters = [
-        _query("since", {"type": "string"}, "Epoch seconds, ISO date or ISO date-time (UTC)."),
-        _query("until", {"type": "string"}, "Epoch seconds, ISO date or ISO date-time (UTC)."),
+        query("since", {"type": "string"}, "Epoch seconds, ISO date or ISO date-time (UTC)."),
+        query("until", {"type": "string"}, "Epoch seconds, ISO date or ISO date-time (UTC)."),
         {
-            **_query(
+            **query(
                 "group_by",
                 {
                     "type": "array",
@@ -230,7 +113,7 @@ def _admin() -> dict[str, Any]:
             "style": "form",
             "explode": False,
         },
-        _query("format", {"enum": ["json", "csv", "table"], "default": "json"}, "Answer format."),
+        query("format", {"enum": ["json", "csv", "table"], "default": "json"}, "Answer format."),
     ]
     usage_answers = {
         "description": "Usage rows",
@@ -242,33 +125,33 @@ def _admin() -> dict[str, Any]:
     }
     return {
         "/admin/usage/recent": {
-            "get": _operation(
+            "get": operation(
                 "recentUsage",
                 "The latest usage events, from memory",
                 "admin",
-                {"200": _json(ref("UsageEvents"), "Events, oldest first"), **errors},
+                {"200": json(ref("UsageEvents"), "Events, oldest first"), **admin_errors},
                 parameters=[
-                    _query("limit", {"type": "integer", "minimum": 0, "default": 100}, "How many.")
+                    query("limit", {"type": "integer", "minimum": 0, "default": 100}, "How many.")
                 ],
             )
         },
         "/admin/usage": {
-            "get": _operation(
+            "get": operation(
                 "usage",
                 "Usage from the ledger, grouped",
                 "admin",
-                {"200": usage_answers, **errors},
+                {"200": usage_answers, **admin_errors},
                 parameters=usage_parameters,
             )
         },
         "/admin/reload": {
-            "post": _operation(
+            "post": operation(
                 "reload",
                 "Re-read the config file, or apply the YAML sent",
                 "admin",
                 {
-                    "200": _json(ref("Applied"), "Applied"),
-                    **_errors("mlflow", 400, 401, 403, 413, 503),
+                    "200": json(ref("Applied"), "Applied"),
+                    **errors("mlflow", 400, 401, 403, 413, 503),
                 },
                 body={
                     "required": False,
@@ -279,73 +162,14 @@ def _admin() -> dict[str, Any]:
             )
         },
         "/admin/config": {
-            "get": _operation(
+            "get": operation(
                 "config",
                 "The running config (redacted) and the last reloads",
                 "admin",
                 {
-                    "200": _json(ref("ConfigState"), "The running config"),
-                    **_errors("mlflow", 401, 403, 503),
+                    "200": json(ref("ConfigState"), "The running config"),
+                    **errors("mlflow", 401, 403, 503),
                 },
-            )
-        },
-    }
-
-
-def _deployments() -> dict[str, Any]:
-    """What `mlflow.deployments.get_deploy_client` reads, for an http target and Databricks."""
-    one_errors = _errors("mlflow", 401, 403, 404, 503)
-    serving_list = {
-        "get": _operation(
-            "listServingEndpoints",
-            "The endpoints the caller may call, as Databricks lists serving endpoints",
-            "deployments",
-            {
-                "200": _json(ref("ServingEndpointList"), "Serving endpoints"),
-                **_errors("mlflow", 401, 503),
-            },
-        )
-    }
-    return {
-        "/endpoints/{name}/invocations": {"post": _scoring("name", "invokeDeploymentsEndpoint")},
-        "/api/2.0/endpoints/": {
-            "get": _operation(
-                "listMlflowEndpoints",
-                "The endpoints the caller may call, one page, as MLflow's AI Gateway lists them",
-                "deployments",
-                {
-                    "200": _json(ref("MlflowEndpointPage"), "A page of endpoints"),
-                    **_errors("mlflow", 400, 401, 503),
-                },
-                parameters=[
-                    _query(
-                        "page_token",
-                        {"type": "string"},
-                        "The `next_page_token` of the previous page.",
-                    )
-                ],
-            )
-        },
-        "/api/2.0/endpoints/{name}": {
-            "get": _operation(
-                "getMlflowEndpoint",
-                "One endpoint, as MLflow's AI Gateway describes it",
-                "deployments",
-                {"200": _json(ref("MlflowEndpoint"), "The endpoint"), **one_errors},
-                parameters=[_NAME],
-            )
-        },
-        "/api/2.0/serving-endpoints": serving_list,
-        "/api/2.0/serving-endpoints/": {
-            "get": {**serving_list["get"], "operationId": "listServingEndpointsSlash"}
-        },
-        "/api/2.0/serving-endpoints/{name}": {
-            "get": _operation(
-                "getServingEndpoint",
-                "One endpoint, as Databricks describes a serving endpoint",
-                "deployments",
-                {"200": _json(ref("ServingEndpoint"), "The endpoint"), **one_errors},
-                parameters=[_NAME],
             )
         },
     }
@@ -357,17 +181,17 @@ def _docs() -> dict[str, Any]:
         "docsAsset",
         "A Swagger UI asset",
         "docs",
-        {"200": {"description": "The file"}, **_errors("mlflow", 404)},
+        {"200": {"description": "The file"}, **errors("mlflow", 404)},
     )
     asset["get"]["parameters"] = [
         {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
     return {
         "/": _open_get(
-            "index", "Name, version and links", "docs", {"200": _json(ref("Index"), "The index")}
+            "index", "Name, version and links", "docs", {"200": json(ref("Index"), "The index")}
         ),
         "/openapi.json": _open_get(
-            "openapi", "This document", "docs", {"200": _json({"type": "object"}, "OpenAPI 3.1")}
+            "openapi", "This document", "docs", {"200": json({"type": "object"}, "OpenAPI 3.1")}
         ),
         "/docs": _open_get("docs", "Swagger UI", "docs", {"200": html}),
         "/docs/assets/{file}": asset,
@@ -376,8 +200,8 @@ def _docs() -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     return {
-        "/invocations": {"post": _scoring(None)},
-        "/serving-endpoints/{name}/invocations": {"post": _scoring("name")},
+        "/invocations": {"post": scoring(None)},
+        "/serving-endpoints/{name}/invocations": {"post": scoring("name")},
         "/v1/chat/completions": {
             "post": _llm(
                 "chatCompletions",
@@ -394,11 +218,11 @@ def _paths() -> dict[str, Any]:
             "post": _llm("embeddings", "Embeddings", "EmbeddingRequest", "EmbeddingList", False)
         },
         "/v1/models": {
-            "get": _operation(
+            "get": operation(
                 "listModels",
                 "The endpoints the caller may use, with their tasks (`custom`: MLflow scoring)",
                 "openai",
-                {"200": _json(ref("ModelList"), "Models"), **_errors("openai", 401, 503)},
+                {"200": json(ref("ModelList"), "Models"), **errors("openai", 401, 503)},
             )
         },
         "/v1/messages": {
@@ -410,7 +234,7 @@ def _paths() -> dict[str, Any]:
                 True,
             )
         },
-        **_deployments(),
+        **openapi_deployments.paths(),
         **_health(),
         **_admin(),
         **_docs(),
@@ -443,7 +267,7 @@ def document() -> dict[str, Any]:
         ],
         "paths": _paths(),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_deployments.SCHEMAS},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

@@ -16,7 +16,7 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_OPEN: Schema = {"type": "object", "additionalProperties": True}
+OPEN: Schema = {"type": "object", "additionalProperties": True}
 _STRING_OR_NULL: Schema = {"type": ["string", "null"]}
 _POSITIVE_INT: Schema = {"type": "integer", "minimum": 1}
 _TEXT_OR_TEXTS: Schema = {
@@ -141,7 +141,7 @@ def _completion(kind: str) -> Schema:
             "object": {"type": "string", "examples": [kind]},
             "created": {"type": "integer"},
             "model": {"type": "string"},
-            "choices": {"type": "array", "items": _OPEN},
+            "choices": {"type": "array", "items": OPEN},
             "usage": _USAGE,
         },
         "additionalProperties": True,
@@ -156,7 +156,7 @@ _OPENAI: dict[str, Schema] = {
             "role": {"type": "string", "examples": ["system", "user", "assistant", "tool"]},
             "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
             "name": {"type": "string"},
-            "tool_calls": {"type": "array", "items": _OPEN},
+            "tool_calls": {"type": "array", "items": OPEN},
             "tool_call_id": {"type": "string"},
         },
         "additionalProperties": True,
@@ -169,7 +169,7 @@ _OPENAI: dict[str, Schema] = {
             "messages": {"type": "array", "minItems": 1, "items": ref("ChatMessage")},
             "max_completion_tokens": _POSITIVE_INT,
             "temperature": {"type": "number"},
-            "tools": {"type": "array", "items": _OPEN},
+            "tools": {"type": "array", "items": OPEN},
         },
         "additionalProperties": True,
     },
@@ -198,7 +198,7 @@ _OPENAI: dict[str, Schema] = {
         "required": ["data"],
         "properties": {
             "object": {"type": "string", "examples": ["list"]},
-            "data": {"type": "array", "items": _OPEN},
+            "data": {"type": "array", "items": OPEN},
             "model": {"type": "string"},
             "usage": _USAGE,
         },
@@ -276,9 +276,9 @@ _ANTHROPIC: dict[str, Schema] = {
             "type": {"const": "message"},
             "role": {"const": "assistant"},
             "model": {"type": "string"},
-            "content": {"type": "array", "items": _OPEN},
+            "content": {"type": "array", "items": OPEN},
             "stop_reason": _STRING_OR_NULL,
-            "usage": _OPEN,
+            "usage": OPEN,
         },
         "additionalProperties": True,
     },
@@ -319,7 +319,7 @@ _OPERATIONS: dict[str, Schema] = {
     "UsageRows": {
         "type": "object",
         "required": ["data"],
-        "properties": {"data": {"type": "array", "items": _OPEN}},
+        "properties": {"data": {"type": "array", "items": OPEN}},
     },
     "UsageEvents": {
         "type": "object",
@@ -377,101 +377,10 @@ _OPERATIONS: dict[str, Schema] = {
     },
 }
 
-# MLflow's deployments clients: the AI Gateway's `Endpoint` and Databricks' serving endpoint.
-_ENDPOINT_TYPE = {
-    "enum": ["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "mlflow/v1/invocations"]
-}
-_SERVING_ROUTE = {
-    "type": "object",
-    "required": ["served_entity_name", "traffic_percentage"],
-    "properties": {
-        "served_entity_name": {"type": "string"},
-        "served_model_name": {"type": "string"},
-        "traffic_percentage": {"type": "integer", "minimum": 0, "maximum": 100},
-    },
-}
-_DEPLOYMENTS: dict[str, Schema] = {
-    "MlflowEndpoint": {
-        "type": "object",
-        "required": ["name", "endpoint_type", "model", "endpoint_url", "limit"],
-        "properties": {
-            "name": {"type": "string"},
-            "endpoint_type": _ENDPOINT_TYPE,
-            "model": {
-                "type": "object",
-                "required": ["name", "provider"],
-                "properties": {"name": {"type": "string"}, "provider": {"type": "string"}},
-            },
-            "endpoint_url": {"type": "string", "examples": ["/endpoints/chat/invocations"]},
-            "limit": {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "required": ["calls", "renewal_period"],
-                        "properties": {
-                            "calls": {"type": "integer", "minimum": 1},
-                            "key": {"type": ["string", "null"]},
-                            "renewal_period": {"enum": ["second", "minute", "hour", "day"]},
-                        },
-                    },
-                    {"type": "null"},
-                ]
-            },
-        },
-    },
-    "MlflowEndpointPage": {
-        "type": "object",
-        "required": ["endpoints"],
-        "properties": {
-            "endpoints": {"type": "array", "items": ref("MlflowEndpoint")},
-            "next_page_token": {"type": "string", "description": "Absent on the last page."},
-        },
-    },
-    "ServingEndpoint": {
-        "type": "object",
-        "required": ["name", "state", "config"],
-        "properties": {
-            "name": {"type": "string"},
-            "id": {"type": "string"},
-            "creator": {"type": "string"},
-            "creation_timestamp": {"type": "integer"},
-            "last_updated_timestamp": {"type": "integer"},
-            "task": _ENDPOINT_TYPE,
-            "state": {
-                "type": "object",
-                "required": ["ready"],
-                "properties": {
-                    "ready": {"enum": ["READY", "NOT_READY"]},
-                    "config_update": {"type": "string"},
-                },
-            },
-            "config": {
-                "type": "object",
-                "required": ["served_entities", "traffic_config"],
-                "properties": {
-                    "served_entities": {"type": "array", "items": _OPEN},
-                    "traffic_config": {
-                        "type": "object",
-                        "properties": {"routes": {"type": "array", "items": _SERVING_ROUTE}},
-                    },
-                    "config_version": {"type": "string"},
-                },
-            },
-        },
-    },
-    "ServingEndpointList": {
-        "type": "object",
-        "required": ["endpoints"],
-        "properties": {"endpoints": {"type": "array", "items": ref("ServingEndpoint")}},
-    },
-}
-
-
 SCHEMAS: dict[str, Schema] = {
     **_ERRORS,
     **_SCORING,
     **_OPENAI,
     **_ANTHROPIC,
     **_OPERATIONS,
-    **_DEPLOYMENTS,
 }
