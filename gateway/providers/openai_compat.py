@@ -186,12 +186,16 @@ class OpenAICompatBackend:
             }
         return orjson.dumps(body)
 
-    async def complete(self, request: LLMRequest, timeout_s: float) -> Completed:
+    def _start(self, request: LLMRequest) -> tuple[_Deployment, str, aiohttp.ClientSession]:
+        """The deployment a call goes to (counted in flight from now), its URL and session."""
         deployment = self._choose()
-        target = deployment.target
-        url = target.urls[request.task]
-        session = self._sessions.session_for(url)
+        url = deployment.target.urls[request.task]
         deployment.in_flight += 1
+        return deployment, url, self._sessions.session_for(url)
+
+    async def complete(self, request: LLMRequest, timeout_s: float) -> Completed:
+        deployment, url, session = self._start(request)
+        target = deployment.target
         started = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -220,11 +224,8 @@ class OpenAICompatBackend:
             self._record(deployment, error)
 
     async def open_stream(self, request: LLMRequest, timeout_s: float) -> Streaming:
-        deployment = self._choose()
+        deployment, url, session = self._start(request)
         target = deployment.target
-        url = target.urls[request.task]
-        session = self._sessions.session_for(url)
-        deployment.in_flight += 1
         started = time.perf_counter()
         response: aiohttp.ClientResponse | None = None
         try:
