@@ -10,11 +10,11 @@ WORKDIR /app
 COPY requirements-bootstrap.lock requirements.lock ./
 RUN python -m venv "$VIRTUAL_ENV" \
  && "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --require-hashes -r requirements-bootstrap.lock \
- && "$VIRTUAL_ENV/bin/uv" pip sync --no-cache --python "$VIRTUAL_ENV/bin/python" --require-hashes requirements.lock
+ && "$VIRTUAL_ENV/bin/uv" pip sync --no-cache --compile-bytecode --python "$VIRTUAL_ENV/bin/python" --require-hashes requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN "$VIRTUAL_ENV/bin/uv" pip install --no-cache --python "$VIRTUAL_ENV/bin/python" --no-deps . \
+RUN "$VIRTUAL_ENV/bin/uv" pip install --no-cache --compile-bytecode --python "$VIRTUAL_ENV/bin/python" --no-deps . \
  && useradd --system --uid 10001 --no-create-home gateway
 
 USER gateway
