@@ -86,6 +86,29 @@ def config_text(endpoints_yaml: str, app_endpoints: Sequence[str]) -> str:
     return auth + textwrap.indent(textwrap.dedent(endpoints_yaml).strip("\n"), "  ") + "\n"
 
 
+def task_endpoints(base: str) -> str:
+    """`endpoints:` items: a foundation endpoint per task (`chat`, `text`, `embed`) on `base`."""
+    return textwrap.indent(
+        textwrap.dedent(
+            f"""\
+            - name: chat
+              type: foundation
+              task: chat
+              deployments: [{{api_base: "{base}", model: upstream-chat}}]
+            - name: text
+              type: foundation
+              task: completions
+              deployments: [{{api_base: "{base}", model: upstream-instruct}}]
+            - name: embed
+              type: foundation
+              task: embeddings
+              deployments: [{{api_base: "{base}", model: upstream-embed}}]
+            """
+        ),
+        "    ",
+    )
+
+
 @contextmanager
 def llm_gateway(
     tmp_path_factory: pytest.TempPathFactory,

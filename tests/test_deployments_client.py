@@ -24,6 +24,7 @@ from tests.llm_fixtures import (  # noqa: F401  (fixtures)
     llm_gateway,
     openai_fake_fixture,
     request_id,
+    task_endpoints,
     usage_event,
 )
 from tests.models import IRIS_ONE_ROW, TestModels
@@ -60,19 +61,7 @@ def gateway(
     - name: assistant
       type: custom
       served_models: [{{model: "{models.chat}"}}]
-    - name: chat
-      type: foundation
-      task: chat
-      deployments: [{{api_base: "{base}", model: upstream-chat}}]
-    - name: text
-      type: foundation
-      task: completions
-      deployments: [{{api_base: "{base}", model: upstream-instruct}}]
-    - name: embed
-      type: foundation
-      task: embeddings
-      deployments: [{{api_base: "{base}", model: upstream-embed}}]
-    - name: secret
+{task_endpoints(base)}    - name: secret
       type: external
       provider: openai
       task: chat

@@ -36,6 +36,7 @@ from tests.llm_fixtures import (  # noqa: F401  (fixtures)
     clean_fakes_fixture,
     llm_gateway,
     openai_fake_fixture,
+    task_endpoints,
 )
 from tests.models import TestModels
 
@@ -59,19 +60,7 @@ def gateway(
       type: custom
       default: true
       served_models: [{{model: "{models.classifier}"}}]
-    - name: chat
-      type: foundation
-      task: chat
-      deployments: [{{api_base: "{base}", model: upstream-chat}}]
-    - name: text
-      type: foundation
-      task: completions
-      deployments: [{{api_base: "{base}", model: upstream-instruct}}]
-    - name: embed
-      type: foundation
-      task: embeddings
-      deployments: [{{api_base: "{base}", model: upstream-embed}}]
-    """
+{task_endpoints(base)}    """
     with llm_gateway(tmp_path_factory, endpoints) as process:
         yield process
 

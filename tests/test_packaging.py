@@ -24,7 +24,6 @@ FIRST_PARTY = {"gateway", "tests"}
 # Declared, used, and never imported by name: each says where the code relies on it.
 USED_WITHOUT_IMPORT = {
     "uvloop": "gateway/cli.py runs uvicorn with loop='uvloop'",
-    "httptools": "gateway/cli.py runs uvicorn with http='httptools'",
     "hiredis": "redis-py parses replies with it when it is installed (limits, reload broadcast)",
     "pyarrow": "Parquet bodies: MLflow's parse_parquet_input reads them with pandas + pyarrow",
 }
