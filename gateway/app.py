@@ -185,6 +185,7 @@ class GatewayApp:
     async def _load(self) -> None:
         try:
             await self.state.usage.open_ledger(self.loaded.config.usage, self.loaded.base_dir)
+            self.state.usage.open_tables(self.loaded.config.inference_table, self.loaded.base_dir)
             runtime = await asyncio.to_thread(self._build, self.loaded, None)
         except Exception as exc:
             scrub = self.loaded.substitutions.scrub  # never log a value read from the environment
@@ -219,7 +220,8 @@ class GatewayApp:
         runtime = self.holder.current
         if runtime is not None:
             await runtime.aclose()
-        await self.state.usage.aclose()  # drains the ledger's spool into its database
+        # drains the ledger's spool into its database; writes the inference table's buffers
+        await self.state.usage.aclose()
         await self.state.limiter.aclose()
 
 

@@ -24,6 +24,7 @@ class Request:
         "client_request_id",
         "config_version",
         "path_params",
+        "raw_body",
         "receive",
         "request_id",
         "route",
@@ -48,6 +49,7 @@ class Request:
         self.config_version = ""  # set when the request takes its runtime snapshot
         self.tags: dict[str, str] = {}  # the client's request tags, checked by the app
         self.started = time.perf_counter()  # for latency and gateway-overhead figures
+        self.raw_body = b""  # the body as the client sent it, once read (inference tables)
         self._headers: dict[bytes, bytes] | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -79,7 +81,8 @@ class Request:
                     raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
                 chunks.append(chunk)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self.raw_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return self.raw_body
 
 
 def json_object(body: bytes) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from gateway.auth.keys import KeyRing
 from gateway.config.loading import LoadedConfig
 from gateway.config.schema import CustomEndpointConfig, JWTConfig, Task
 from gateway.errors import ConfigError, ConfigIssue, EndpointNotFound, NotReady
+from gateway.inference_tables.capture import CapturePolicy, capture_policies
 from gateway.limits import Limiter, MemoryLimiter, RuleBook
 from gateway.limits.governor import Governor
 from gateway.llm.endpoint import LLMEndpoint
@@ -47,6 +48,7 @@ class Runtime:
     sessions: SessionPool
     loaded_at: float  # epoch seconds
     governor: Governor
+    capture: Mapping[str, CapturePolicy]  # the inference table's policy, by endpoint
 
     def endpoint(self, name: str) -> Endpoint:
         endpoint = self.endpoints.get(name)
@@ -182,6 +184,7 @@ def build_runtime(
             on_store_error=config.limits.on_store_error,
             metrics=metrics or Metrics(),
         ),
+        capture=capture_policies(config),
     )
 
 

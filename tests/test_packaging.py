@@ -25,7 +25,6 @@ FIRST_PARTY = {"gateway", "tests"}
 USED_WITHOUT_IMPORT = {
     "uvloop": "gateway/cli.py runs uvicorn with loop='uvloop'",
     "hiredis": "redis-py parses replies with it when it is installed (limits, reload broadcast)",
-    "pyarrow": "Parquet bodies: MLflow's parse_parquet_input reads them with pandas + pyarrow",
 }
 
 

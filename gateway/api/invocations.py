@@ -69,7 +69,14 @@ async def _score(
         body = orjson.dumps(document)
     served = endpoint.pick()
     scoring_request = scoring.ScoringRequest.from_body(mime, body)
-    meter = Meter(request, state.usage, runtime.governor, caller.principal, endpoint.name)
+    meter = Meter(
+        request,
+        state.usage,
+        runtime.governor,
+        caller.principal,
+        endpoint.name,
+        capture=runtime.capture.get(endpoint.name),
+    )
     meter.served(served.label, run_id=served.run_id, model_uuid=served.model_uuid)
     try:
         await meter.admit()
@@ -79,7 +86,7 @@ async def _score(
             exc.served_model = served.label
         await meter.shielded(meter.finish(failure_status(exc)))
         raise
-    await meter.finish(200, rows=scoring_request.row_count())
+    await meter.finish(200, rows=scoring_request.row_count(), response=result)
     return Response(
         200, result, headers=[(SERVED_MODEL, served.label.encode()), *meter.reservation.headers()]
     )

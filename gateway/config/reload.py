@@ -44,6 +44,10 @@ RESTART_ONLY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("limits", ("store",)),
     ("usage", tuple(UsageConfig.model_fields)),
     ("reload", tuple(ReloadConfig.model_fields)),
+    (
+        "inference_table",
+        ("path", "flush_interval_s", "max_file_bytes", "max_queued_rows"),
+    ),
     # the HTTP connection limits (gateway/server/): uvicorn's protocol takes them at start
     (
         "server",

@@ -118,6 +118,24 @@ class UsageConfig(Strict):
     flush_interval_ms: float = Field(default=200, gt=0)
 
 
+class InferenceTableConfig(Strict):
+    """Sampled request and response payloads as Parquet (`path` unset: none are kept); read at
+    start-up only, except `sample_rate` and `max_payload_bytes` as endpoints override them."""
+
+    path: str | None = None  # a folder; relative to the config file's
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=1)  # longer: truncated and flagged
+    flush_interval_s: float = Field(default=10.0, gt=0)  # each buffer becomes a file this often
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # or sooner when this big
+    max_queued_rows: int = Field(default=10_000, ge=1)  # beyond: rows are dropped and counted
+
+
+class EndpointInferenceTableConfig(Strict):
+    enabled: bool = True
+    sample_rate: float | None = Field(default=None, ge=0, le=1)
+    max_payload_bytes: int | None = Field(default=None, ge=1)
+
+
 class BatchingConfig(Strict):
     """Adaptive micro-batching: concurrent requests to one served model share a predict call."""
 
@@ -132,6 +150,7 @@ class ServedModelConfig(Strict):
 
 class EndpointBase(Strict):
     name: str
+    inference_table: EndpointInferenceTableConfig | None = None  # overrides the top level's
 
     @field_validator("name")
     @classmethod
@@ -305,5 +324,6 @@ class GatewayConfig(Strict):
     groups: dict[str, GroupConfig] = {}
     limits: LimitsStoreConfig = LimitsStoreConfig()
     usage: UsageConfig = UsageConfig()
+    inference_table: InferenceTableConfig = InferenceTableConfig()
     server: ServerConfig = ServerConfig()
     endpoints: tuple[EndpointConfig, ...] = ()

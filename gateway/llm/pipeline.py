@@ -104,7 +104,13 @@ async def call_llm_endpoint(
     runtime = caller.runtime
     llm_request = validate(task, endpoint, body)
     meter = Meter(
-        request, state.usage, runtime.governor, caller.principal, endpoint.name, endpoint.price
+        request,
+        state.usage,
+        runtime.governor,
+        caller.principal,
+        endpoint.name,
+        endpoint.price,
+        capture=runtime.capture.get(endpoint.name),
     )
     default_max_tokens = runtime.loaded.config.limits.default_max_tokens
     try:
@@ -132,7 +138,8 @@ async def call_llm_endpoint(
         meter.served(completed.served, endpoint=routed.endpoint.name, price=routed.endpoint.price)
         usage = completed.usage or await estimate_usage(llm_request, completed.body)
         overhead = meter.overhead_ms(completed.upstream_ms)
-        await meter.finish(200, usage=usage, overhead_ms=overhead)  # on record before answered
+        # on record before answered
+        await meter.finish(200, usage=usage, overhead_ms=overhead, response=completed.body)
         return Response(200, completed.body, headers=_headers(meter, overhead))
     streaming = routed_stream.result
     meter.served(

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.auth.keys import Principal
 from gateway.http import Request
+from gateway.inference_tables import CapturePolicy
 from gateway.limits import Reservation
 from gateway.limits.governor import UNLIMITED, Governor
 from gateway.metering.recorder import UsageRecorder
@@ -26,6 +27,7 @@ class Meter:
     """Times one call and turns it into one settled reservation and one usage event."""
 
     __slots__ = (
+        "_capture",
         "_endpoint",
         "_fallback",
         "_fallbacks",
@@ -50,8 +52,10 @@ class Meter:
         principal: Principal,
         endpoint: str,
         price: Price | None = None,
+        capture: CapturePolicy | None = None,
     ) -> None:
         self._request = request
+        self._capture = capture  # the inference table's policy for the endpoint, if any
         self._usage = usage
         self._governor = governor
         self._principal = principal
@@ -117,8 +121,10 @@ class Meter:
         usage: TokenUsage | None = None,
         rows: int = 0,
         overhead_ms: float = 0.0,
+        response: bytes = b"",
     ) -> None:
-        """Settle the reservation to what the call used and record its usage event."""
+        """Settle the reservation to what the call used and record its usage event (and, if
+        the endpoint's inference table samples it, its request and `response` bodies)."""
         latency_ms = (time.perf_counter() - self._request.started) * 1000
         price = self._price
         cost = price.cost(usage) if price is not None and usage is not None else 0.0
@@ -130,30 +136,30 @@ class Meter:
             await self._governor.settle(
                 reservation, tokens=tokens if used else 0, cost_usd=cost if used else 0.0
             )
-        await self._usage.record(
-            UsageEvent(
-                request_id=self._request.request_id,
-                time=self._wall,
-                principal=self._principal.id,
-                groups=self._principal.groups,
-                endpoint=self._endpoint,
-                served=self._served,
-                route=self._request.route,
-                status=status,
-                latency_ms=latency_ms,
-                overhead_ms=overhead_ms,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                estimated=usage.estimated if usage else False,
-                rows=rows,
-                cost_usd=cost,
-                fallback_used=self._fallback,
-                client_request_id=self._request.client_request_id,
-                principal_kind=self._principal.kind,
-                served_endpoint=self._served_endpoint if self._served else "",
-                served_run_id=self._run_id,
-                model_uuid=self._model_uuid,
-                tags=self._request.tags,
-            ),
-            self._principal,
+        event = UsageEvent(
+            request_id=self._request.request_id,
+            time=self._wall,
+            principal=self._principal.id,
+            groups=self._principal.groups,
+            endpoint=self._endpoint,
+            served=self._served,
+            route=self._request.route,
+            status=status,
+            latency_ms=latency_ms,
+            overhead_ms=overhead_ms,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            estimated=usage.estimated if usage else False,
+            rows=rows,
+            cost_usd=cost,
+            fallback_used=self._fallback,
+            client_request_id=self._request.client_request_id,
+            principal_kind=self._principal.kind,
+            served_endpoint=self._served_endpoint if self._served else "",
+            served_run_id=self._run_id,
+            model_uuid=self._model_uuid,
+            tags=self._request.tags,
         )
+        if self._capture is not None:
+            self._usage.capture(event, self._capture, self._request.raw_body, response)
+        await self._usage.record(event, self._principal)

@@ -84,6 +84,15 @@ class Metrics:
             "gateway_ledger_write_failures_total", "Failed ledger database writes", registry=r
         )
 
+        self.inference_rows_written = Counter(
+            "gateway_inference_rows_written", "Inference-table rows written to Parquet", registry=r
+        )
+        self.inference_rows_dropped = Counter(
+            "gateway_inference_rows_dropped",
+            "Inference-table rows dropped (queue full or write failed)",
+            registry=r,
+        )
+
         self.config_reloads = Counter(
             "gateway_config_reloads",
             "Config reloads by outcome (applied, refused)",

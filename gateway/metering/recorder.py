@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.keys import Principal
-from gateway.config.schema import UsageConfig
+from gateway.config.schema import InferenceTableConfig, UsageConfig
+from gateway.inference_tables import CapturePolicy, InferenceTables
 from gateway.metering.ledger import Ledger
 from gateway.metering.metrics import Metrics
 from gateway.metering.spool import SpoolBusy
@@ -30,6 +31,7 @@ class UsageRecorder:
         self.recent = RecentUsage()
         self.metrics = metrics
         self.ledger: Ledger | None = None
+        self.tables: InferenceTables | None = None
         # Endings of calls whose client left: they must finish (settle, record) regardless,
         # and the loop keeps only weak references to tasks.
         self._endings: set[asyncio.Task[None]] = set()
@@ -60,6 +62,18 @@ class UsageRecorder:
             return
         raise RuntimeError(f"every one of {MAX_WORKER_SPOOLS} worker spools is in use")
 
+    def open_tables(self, config: InferenceTableConfig, base_dir: Path) -> None:
+        """Start writing the inference table, if the config keeps one."""
+        if config.path is not None:
+            self.tables = InferenceTables.open(config, base_dir, self.metrics)
+
+    def capture(
+        self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
+    ) -> None:
+        """Hand a call's payloads to the inference table (queued: written off the loop)."""
+        if self.tables is not None:
+            self.tables.capture(event, policy, request, response)
+
     async def record(self, event: UsageEvent, principal: Principal) -> None:
         self.recent.record(event)
         self.metrics.record(event, principal_label=principal.metrics_label)
@@ -71,3 +85,5 @@ class UsageRecorder:
             await asyncio.gather(*self._endings, return_exceptions=True)
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.tables is not None:
+            await asyncio.to_thread(self.tables.close)  # writes every buffered row

@@ -1,0 +1,111 @@
+"""Which calls the inference table samples, and how a call becomes a row.
+
+The top-level `inference_table:` section is read at start-up (where files go, how they are
+flushed); the sampling policy of each endpoint (`sample_rate`, `max_payload_bytes`, `enabled`,
+overridable per endpoint) is resolved with every runtime snapshot, so a reload changes it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config.schema import GatewayConfig, InferenceTableConfig
+from gateway.inference_tables.writer import InferenceRow, TableWriter
+from gateway.metering.metrics import Metrics
+from gateway.metering.usage import UsageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePolicy:
+    sample_rate: float
+    max_payload_bytes: int
+
+    def sampled(self) -> bool:
+        return self.sample_rate >= 1.0 or random.random() < self.sample_rate
+
+
+def capture_policies(config: GatewayConfig) -> Mapping[str, CapturePolicy]:
+    """Each endpoint's policy; an endpoint that is not captured has none."""
+    table = config.inference_table
+    if table.path is None:
+        return {}
+    policies = {}
+    for endpoint in config.endpoints:
+        override = endpoint.inference_table
+        if override is not None and not override.enabled:
+            continue
+        rate = table.sample_rate
+        limit = table.max_payload_bytes
+        if override is not None:
+            rate = override.sample_rate if override.sample_rate is not None else rate
+            limit = override.max_payload_bytes or limit
+        if rate > 0:
+            policies[endpoint.name] = CapturePolicy(rate, limit)
+    return policies
+
+
+def _clip(payload: bytes, limit: int) -> tuple[str, bool]:
+    if len(payload) <= limit:
+        return payload.decode("utf-8", "replace"), False
+    # A cut may split a UTF-8 character: its tail is dropped, not replaced.
+    return payload[:limit].decode("utf-8", "ignore"), True
+
+
+class InferenceTables:
+    """The gateway's inference table: rows from calls, written by a `TableWriter`."""
+
+    def __init__(self, writer: TableWriter) -> None:
+        self.writer = writer
+
+    @classmethod
+    def open(
+        cls, config: InferenceTableConfig, base_dir: Path, metrics: Metrics
+    ) -> InferenceTables:
+        """A started writer under `config.path` (relative paths are taken from `base_dir`)."""
+        assert config.path is not None
+        writer = TableWriter(
+            base_dir / config.path,  # an absolute path stays as it is
+            flush_interval_s=config.flush_interval_s,
+            max_file_bytes=config.max_file_bytes,
+            max_queued=config.max_queued_rows,
+            on_drop=metrics.inference_rows_dropped.inc,
+            on_write=metrics.inference_rows_written.inc,
+        )
+        writer.start()
+        return cls(writer)
+
+    def capture(
+        self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
+    ) -> None:
+        """Queue the call's row if it is sampled (never blocks; a full queue drops it)."""
+        if not policy.sampled():
+            return
+        request_text, request_cut = _clip(request, policy.max_payload_bytes)
+        response_text, response_cut = _clip(response, policy.max_payload_bytes)
+        self.writer.offer(
+            InferenceRow(
+                endpoint=event.endpoint,
+                request_id=event.request_id,
+                client_request_id=event.client_request_id,
+                time=event.time,
+                served=event.served,
+                served_endpoint=event.served_endpoint,
+                principal=event.principal,
+                principal_kind=event.principal_kind,
+                status=event.status,
+                latency_ms=event.latency_ms,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                tags=dict(event.tags),
+                request=request_text,
+                response=response_text,
+                request_truncated=request_cut,
+                response_truncated=response_cut,
+            )
+        )
+
+    def close(self) -> None:
+        self.writer.close()
