@@ -91,8 +91,17 @@ TARGET_TTFB_ADDED_MS = 1.0
 
 # gateway: auth and the usage ledger on (its default, durability "write"); -limits adds request,
 # token and concurrency limits and a budget on the key (never reached), counted in memory or Redis;
-# -fsync makes the ledger fsync each acknowledged request (group commit).
-GATEWAY_VARIANTS = ("gateway", "gateway-limits", "gateway-redis", "gateway-fsync")
+# -fsync makes the ledger fsync each acknowledged request (group commit); -traced sends every
+# call as an MLflow trace (-traced-10: one call in ten) to a fake ingestion endpoint.
+GATEWAY_VARIANTS = (
+    "gateway",
+    "gateway-limits",
+    "gateway-redis",
+    "gateway-fsync",
+    "gateway-traced",
+    "gateway-traced-10",
+)
+TRACE_SAMPLE_RATES = {"gateway-traced": 1.0, "gateway-traced-10": 0.1}
 ARM_NAMES = ("direct", *GATEWAY_VARIANTS, "litellm")
 DEFAULT_ARMS = ("direct", "gateway", "gateway-limits", "gateway-redis", "litellm")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -333,7 +342,15 @@ def upstream_arm() -> Arm:
     return Arm("fake-upstream", ready_path="/v1/models", command=command)
 
 
-def gateway_arm(upstream_url: str, variant: str = "gateway") -> Arm:
+def trace_sink_arm() -> Arm:
+    def command(workspace: Workspace, port: int) -> list[str]:
+        return [sys.executable, "-m", "tests.fakes.trace_sink", "--host", HOST,
+                "--port", str(port)]  # fmt: skip
+
+    return Arm("trace-sink", ready_path="/health", command=command)
+
+
+def gateway_arm(upstream_url: str, variant: str = "gateway", trace_sink: str = "") -> Arm:
     def command(workspace: Workspace, port: int) -> list[str]:
         key_digest = hashlib.sha256(workspace.api_key.encode()).hexdigest()
         key: dict[str, object] = {"id": "bench", "sha256": key_digest}
@@ -345,6 +362,11 @@ def gateway_arm(upstream_url: str, variant: str = "gateway") -> Arm:
             config["limits"] = {"store": REDIS_URL}
         if variant == "gateway-fsync":
             config["usage"] = {"durability": "fsync"}
+        if variant in TRACE_SAMPLE_RATES:
+            config["tracing"] = {
+                "mlflow": {"tracking_uri": trace_sink, "experiment_id": "1"},
+                "sample_rate": TRACE_SAMPLE_RATES[variant],
+            }
         config |= {
             "auth": {"keys": [key]},
             "endpoints": [
@@ -615,6 +637,7 @@ class Report:
     startup_s: dict[str, float] = field(default_factory=dict)
     measurements: list[Measurement] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # arm -> why
+    traces: dict[str, str] = field(default_factory=dict)  # traced arm -> exported / dropped
     git: str | None = None  # at the start of the run
     source_before: str = ""  # gateway_source_digest() at the start ...
     source_after: str = ""  # ... and at the end: they differ if someone edited it meanwhile
@@ -745,6 +768,7 @@ def startup_table(report: Report) -> str:
 
 def notes(report: Report) -> list[str]:
     found = [f"{arm} skipped: {why}" for arm, why in report.skipped.items()]
+    found += [f"{arm}: {counts}" for arm, counts in report.traces.items()]
     if report.source_after and report.source_after != report.source_before:
         found.append(
             "the gateway's source changed on disk during the run (someone edited gateway/):"
@@ -842,6 +866,7 @@ def write_json(report: Report, stamp: str) -> Path:
         "busy_before_run": report.busy_before,
         "startup_s": report.startup_s,
         "skipped": report.skipped,
+        "traces": report.traces,
         "litellm_install": report.litellm_install,
         "targets": [asdict(check) for check in target_checks(report)],
         "results": results,
@@ -904,7 +929,16 @@ def benchmark(report: Report, cores: Cores, workspace: Workspace, scratch: Path)
         else:
             print(f"litellm: {litellm.how}", file=sys.stderr)
     ours = dataclasses.replace(workspace, env=_python_env(workspace.env))
-    with running(upstream_arm(), ours, cores.client, settings.ready_timeout_s) as upstream:
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(
+            running(upstream_arm(), ours, cores.client, settings.ready_timeout_s)
+        )
+        sink_url = ""
+        if any(name in TRACE_SAMPLE_RATES for name in settings.arms):
+            sink = stack.enter_context(
+                running(trace_sink_arm(), ours, cores.client, settings.ready_timeout_s)
+            )
+            sink_url = sink.url
         report.startup_s["fake-upstream"] = upstream.startup_s
         print(
             f"fake-upstream: ready in {upstream.startup_s:.2f} s ({upstream.url})", file=sys.stderr
@@ -921,7 +955,7 @@ def benchmark(report: Report, cores: Cores, workspace: Workspace, scratch: Path)
                 measure(target, upstream, cores, report, scratch)
                 continue
             if name in GATEWAY_VARIANTS:
-                arm, arm_workspace = gateway_arm(upstream.url, name), ours
+                arm, arm_workspace = gateway_arm(upstream.url, name, sink_url), ours
             else:
                 assert litellm is not None and litellm.executable is not None
                 arm = litellm_arm(upstream.url, litellm.executable)
@@ -932,6 +966,21 @@ def benchmark(report: Report, cores: Cores, workspace: Workspace, scratch: Path)
                 target = Target(name, server, server.url + "/v1/chat/completions", ENDPOINT,
                                 keyed, bodies_for(ENDPOINT, scratch, settings.stream))  # fmt: skip
                 measure(target, upstream, cores, report, scratch)
+                if name in TRACE_SAMPLE_RATES:
+                    report.traces[name] = trace_counts(server.url)
+
+
+def trace_counts(url: str) -> str:
+    """How many traces the gateway sent and dropped (its /metrics), for the notes."""
+    _, body = harness.http(url + "/metrics")
+    counts: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith(("gateway_traces_exported_total", "gateway_traces_dropped_total")):
+            name, value = line.rsplit(" ", 1)
+            counts[name] = counts.get(name, 0.0) + float(value)
+    exported = counts.pop("gateway_traces_exported_total", 0.0)
+    dropped = sum(counts.values())
+    return f"traces exported {exported:,.0f}, dropped {dropped:,.0f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

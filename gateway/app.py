@@ -186,6 +186,7 @@ class GatewayApp:
         try:
             await self.state.usage.open_ledger(self.loaded.config.usage, self.loaded.base_dir)
             self.state.usage.open_tables(self.loaded.config.inference_table, self.loaded.base_dir)
+            self.state.usage.open_tracing(self.loaded.config.tracing)
             runtime = await asyncio.to_thread(self._build, self.loaded, None)
         except Exception as exc:
             scrub = self.loaded.substitutions.scrub  # never log a value read from the environment

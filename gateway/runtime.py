@@ -29,6 +29,7 @@ from gateway.models.loading import discard_new, load_custom_endpoints
 from gateway.models.served import CustomEndpoint, ReuseKey, ServedModel
 from gateway.providers.custom_chat import CustomChatBackend
 from gateway.providers.http_pool import SessionPool
+from gateway.tracing.policy import TracePolicy, trace_policies
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import JWTVerifier
@@ -49,6 +50,7 @@ class Runtime:
     loaded_at: float  # epoch seconds
     governor: Governor
     capture: Mapping[str, CapturePolicy]  # the inference table's policy, by endpoint
+    tracing: Mapping[str, TracePolicy]  # which calls become traces, by endpoint
 
     def endpoint(self, name: str) -> Endpoint:
         endpoint = self.endpoints.get(name)
@@ -185,6 +187,7 @@ def build_runtime(
             metrics=metrics or Metrics(),
         ),
         capture=capture_policies(config),
+        tracing=trace_policies(config),
     )
 
 

@@ -202,7 +202,9 @@ def test_databricks_predict_records_client_request_id_and_merges_extra_params(
     (upstream,) = openai_fake.requests
     assert upstream.body["temperature"] == 0.25
     assert not {"client_request_id", "usage_context", "extra_params"} & set(upstream.body)
-    assert usage_event(gateway, rid)["endpoint"] == "chat"
+    row = usage_event(gateway, rid)
+    assert row["endpoint"] == "chat"
+    assert row["tags"] == {"usage_context.team": "search"}  # recorded with the call
 
 
 def test_databricks_fields_never_reach_a_custom_model(
@@ -211,7 +213,30 @@ def test_databricks_fields_never_reach_a_custom_model(
     rid = request_id()
     inputs = {**IRIS_ONE_ROW, "client_request_id": rid, "usage_context": {"team": "search"}}
     assert databricks_client.predict(endpoint="iris", inputs=inputs) == {"predictions": [0]}
-    assert usage_event(gateway, rid)["endpoint"] == "iris"
+    row = usage_event(gateway, rid)
+    assert row["endpoint"] == "iris" and row["tags"] == {"usage_context.team": "search"}
+
+
+@pytest.mark.parametrize(
+    ("usage_context", "complaint"),
+    [
+        ("search", "`usage_context` must be a JSON object of strings."),
+        ({"team": 7}, "The `usage_context` entry 'usage_context.team' must be a string."),
+        ({"bad key": "x"}, "The key of a `usage_context` entry must be"),
+        ({f"k{i}": "v" for i in range(17)}, "At most 16 request tags are allowed"),
+    ],
+)
+def test_a_usage_context_that_cannot_be_tags_is_a_400(
+    gateway: GatewayProcess, usage_context: object, complaint: str
+) -> None:
+    response = httpx.post(
+        f"{gateway.url}/serving-endpoints/iris/invocations",
+        json={**IRIS_ONE_ROW, "usage_context": usage_context},
+        headers={"authorization": f"Bearer {APP_KEY}"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "BAD_REQUEST"
+    assert complaint in response.json()["message"]
 
 
 def test_an_x_request_id_header_wins_over_client_request_id(gateway: GatewayProcess) -> None:

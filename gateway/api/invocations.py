@@ -3,8 +3,9 @@
 
 On an LLM endpoint the same route takes the OpenAI body of the endpoint's task, as Databricks
 serving endpoints do, with Databricks' query fields: `client_request_id` (the usage row's
-client request id, unless `x-request-id` gave one), `usage_context` (dropped) and `extra_params`
-(merged into the body sent upstream). A custom model never sees the first two.
+client request id, unless `x-request-id` gave one), `usage_context` (its entries become
+`usage_context.<key>` request tags) and `extra_params` (merged into the body sent upstream). A
+custom model never sees the first two.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.http import Request, Response, StreamingResponse, client_request_id, json_object
 from gateway.llm.pipeline import call_llm_endpoint, failure_status
 from gateway.metering.meter import Meter
+from gateway.metering.tags import with_usage_context
 from gateway.models import scoring
 from gateway.models.served import CustomEndpoint
 from gateway.runtime import Endpoint
@@ -76,11 +78,14 @@ async def _score(
         caller.principal,
         endpoint.name,
         capture=runtime.capture.get(endpoint.name),
+        trace=runtime.tracing.get(endpoint.name),
     )
     meter.served(served.label, run_id=served.run_id, model_uuid=served.model_uuid)
     try:
         await meter.admit()
+        meter.call_started()
         result = await served.score(scoring_request)
+        meter.call_ended()
     except BaseException as exc:  # every exit after admission settles and records the call
         if isinstance(exc, GatewayError):
             exc.served_model = served.label
@@ -93,7 +98,9 @@ async def _score(
 
 
 def _take_databricks_fields(request: Request, body: dict[str, Any]) -> None:
-    body.pop("usage_context", None)
+    context = body.pop("usage_context", None)
+    if context is not None:
+        request.tags = with_usage_context(request.tags, context)
     given = body.pop("client_request_id", None)
     if given is None:
         return

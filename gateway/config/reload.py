@@ -48,6 +48,7 @@ RESTART_ONLY: tuple[tuple[str, tuple[str, ...]], ...] = (
         "inference_table",
         ("path", "flush_interval_s", "max_file_bytes", "max_queued_rows"),
     ),
+    ("tracing", ("mlflow", "batch_size", "flush_interval_s", "max_queued_traces", "timeout_s")),
     # the HTTP connection limits (gateway/server/): uvicorn's protocol takes them at start
     (
         "server",

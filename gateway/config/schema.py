@@ -136,6 +136,43 @@ class EndpointInferenceTableConfig(Strict):
     max_payload_bytes: int | None = Field(default=None, ge=1)
 
 
+class MlflowTracingConfig(Strict):
+    """Where traces go: an MLflow tracking server's OTLP endpoint (`/v1/traces`)."""
+
+    tracking_uri: str = Field(min_length=1)  # http(s)://host:port of `mlflow server`
+    experiment: str | None = None  # by name, created if missing (default: gateway-traffic)
+    experiment_id: str | None = None  # or by id (then no lookup is made)
+    token: SecretStr | None = None  # sent as `Authorization: Bearer` (Databricks, auth proxies)
+    username: str | None = None  # with `password`: HTTP basic auth (`mlflow server --app-name
+    password: SecretStr | None = None  # basic-auth`)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of an MLflow tracking server")
+        return value.rstrip("/")
+
+
+class TracingConfig(Strict):
+    """Sampled calls as MLflow traces (`mlflow` unset: none are sent); read at start-up only,
+    except `sample_rate` and `max_preview_bytes` as endpoints override them."""
+
+    mlflow: MlflowTracingConfig | None = None
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    max_preview_bytes: int = Field(default=8 * 1024, ge=1)  # longer payloads: cut, flagged
+    batch_size: int = Field(default=100, ge=1, le=10_000)  # traces per export request
+    flush_interval_s: float = Field(default=1.0, gt=0)  # a partial batch waits at most this
+    max_queued_traces: int = Field(default=10_000, ge=1)  # beyond: traces dropped and counted
+    timeout_s: float = Field(default=5.0, gt=0, le=120)  # per export request
+
+
+class EndpointTracingConfig(Strict):
+    enabled: bool = True
+    sample_rate: float | None = Field(default=None, ge=0, le=1)
+    max_preview_bytes: int | None = Field(default=None, ge=1)
+
+
 class BatchingConfig(Strict):
     """Adaptive micro-batching: concurrent requests to one served model share a predict call."""
 
@@ -151,6 +188,7 @@ class ServedModelConfig(Strict):
 class EndpointBase(Strict):
     name: str
     inference_table: EndpointInferenceTableConfig | None = None  # overrides the top level's
+    tracing: EndpointTracingConfig | None = None  # overrides the top level's
 
     @field_validator("name")
     @classmethod
@@ -325,5 +363,6 @@ class GatewayConfig(Strict):
     limits: LimitsStoreConfig = LimitsStoreConfig()
     usage: UsageConfig = UsageConfig()
     inference_table: InferenceTableConfig = InferenceTableConfig()
+    tracing: TracingConfig = TracingConfig()
     server: ServerConfig = ServerConfig()
     endpoints: tuple[EndpointConfig, ...] = ()

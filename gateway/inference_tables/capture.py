@@ -7,24 +7,16 @@ overridable per endpoint) is resolved with every runtime snapshot, so a reload c
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config.schema import GatewayConfig, InferenceTableConfig
+from gateway.config.schema import EndpointConfig, GatewayConfig, InferenceTableConfig
 from gateway.inference_tables.writer import InferenceRow, TableWriter
 from gateway.metering.metrics import Metrics
+from gateway.metering.sampling import Override, SamplingPolicy, clip, policies_by_endpoint
 from gateway.metering.usage import UsageEvent
 
-
-@dataclass(frozen=True, slots=True)
-class CapturePolicy:
-    sample_rate: float
-    max_payload_bytes: int
-
-    def sampled(self) -> bool:
-        return self.sample_rate >= 1.0 or random.random() < self.sample_rate
+CapturePolicy = SamplingPolicy  # `max_payload_bytes` caps each of request and response
 
 
 def capture_policies(config: GatewayConfig) -> Mapping[str, CapturePolicy]:
@@ -32,26 +24,14 @@ def capture_policies(config: GatewayConfig) -> Mapping[str, CapturePolicy]:
     table = config.inference_table
     if table.path is None:
         return {}
-    policies = {}
-    for endpoint in config.endpoints:
+
+    def override_of(endpoint: EndpointConfig) -> tuple[Override | None, int | None]:
         override = endpoint.inference_table
-        if override is not None and not override.enabled:
-            continue
-        rate = table.sample_rate
-        limit = table.max_payload_bytes
-        if override is not None:
-            rate = override.sample_rate if override.sample_rate is not None else rate
-            limit = override.max_payload_bytes or limit
-        if rate > 0:
-            policies[endpoint.name] = CapturePolicy(rate, limit)
-    return policies
+        return override, override.max_payload_bytes if override is not None else None
 
-
-def _clip(payload: bytes, limit: int) -> tuple[str, bool]:
-    if len(payload) <= limit:
-        return payload.decode("utf-8", "replace"), False
-    # A cut may split a UTF-8 character: its tail is dropped, not replaced.
-    return payload[:limit].decode("utf-8", "ignore"), True
+    return policies_by_endpoint(
+        config.endpoints, table.sample_rate, table.max_payload_bytes, override_of
+    )
 
 
 class InferenceTables:
@@ -83,8 +63,8 @@ class InferenceTables:
         """Queue the call's row if it is sampled (never blocks; a full queue drops it)."""
         if not policy.sampled():
             return
-        request_text, request_cut = _clip(request, policy.max_payload_bytes)
-        response_text, response_cut = _clip(response, policy.max_payload_bytes)
+        request_text, request_cut = clip(request, policy.max_payload_bytes)
+        response_text, response_cut = clip(response, policy.max_payload_bytes)
         self.writer.offer(
             InferenceRow(
                 endpoint=event.endpoint,

@@ -111,6 +111,7 @@ async def call_llm_endpoint(
         endpoint.name,
         endpoint.price,
         capture=runtime.capture.get(endpoint.name),
+        trace=runtime.tracing.get(endpoint.name),
     )
     default_max_tokens = runtime.loaded.config.limits.default_max_tokens
     try:
@@ -122,6 +123,7 @@ async def call_llm_endpoint(
                 fallback.name, lambda: worst_case(llm_request, fallback.price, default_max_tokens)
             )
 
+        meter.call_started()
         if llm_request.stream:
             routed_stream = await _unless_client_leaves(
                 request, fallbacks.open_stream(candidates, llm_request, enter)
@@ -130,6 +132,7 @@ async def call_llm_endpoint(
             routed = await _unless_client_leaves(
                 request, fallbacks.complete(candidates, llm_request, enter)
             )
+            meter.call_ended()
     except BaseException as exc:  # every exit after admission settles and records the call
         await meter.shielded(_end_failed(meter, llm_request, exc))
         raise

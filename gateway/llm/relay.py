@@ -79,6 +79,7 @@ async def _end_stream(
     texts: list[str],
     overhead_ms: float,
 ) -> None:
+    meter.call_ended()
     try:
         await streaming.aclose()
     finally:

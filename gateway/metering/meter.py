@@ -19,6 +19,7 @@ from gateway.limits import Reservation
 from gateway.limits.governor import UNLIMITED, Governor
 from gateway.metering.recorder import UsageRecorder
 from gateway.metering.usage import Price, TokenUsage, UsageEvent
+from gateway.tracing import TracePolicy, TraceRecord, caller_span
 
 Demand = Callable[[], Awaitable[tuple[int, float]]]  # the most a call may use: (tokens, USD)
 
@@ -27,6 +28,8 @@ class Meter:
     """Times one call and turns it into one settled reservation and one usage event."""
 
     __slots__ = (
+        "_call_ended",
+        "_call_started",
         "_capture",
         "_endpoint",
         "_fallback",
@@ -39,6 +42,7 @@ class Meter:
         "_run_id",
         "_served",
         "_served_endpoint",
+        "_trace",
         "_usage",
         "_wall",
         "reservation",
@@ -53,9 +57,12 @@ class Meter:
         endpoint: str,
         price: Price | None = None,
         capture: CapturePolicy | None = None,
+        trace: TracePolicy | None = None,
     ) -> None:
         self._request = request
         self._capture = capture  # the inference table's policy for the endpoint, if any
+        self._trace = trace  # the endpoint's tracing policy, if it is traced
+        self._call_started = self._call_ended = 0.0  # perf_counter: the model/upstream call
         self._usage = usage
         self._governor = governor
         self._principal = principal
@@ -94,6 +101,14 @@ class Meter:
         self._served, self._run_id, self._model_uuid = served, run_id, model_uuid
         if endpoint is not None and endpoint != self._endpoint:
             self._served_endpoint, self._price, self._fallback = endpoint, price, True
+
+    def call_started(self) -> None:
+        """The model or upstream call (with its retries and fallbacks) begins: for its span."""
+        self._call_started = time.perf_counter()
+
+    def call_ended(self) -> None:
+        """The call's answer is in (for a stream: its last chunk; else `finish` marks it)."""
+        self._call_ended = time.perf_counter()
 
     @property
     def served_endpoint(self) -> str:
@@ -162,4 +177,28 @@ class Meter:
         )
         if self._capture is not None:
             self._usage.capture(event, self._capture, self._request.raw_body, response)
+        if self._trace is not None and self._trace.sampled():
+            self._usage.trace(self._trace_record(event, self._trace, response))
         await self._usage.record(event, self._principal)
+
+    def _trace_record(self, event: UsageEvent, policy: TracePolicy, response: bytes) -> TraceRecord:
+        started = self._request.started
+
+        def wall_ns(perf: float) -> int:
+            return int((self._wall + (perf - started)) * 1e9)
+
+        ended = time.perf_counter()
+        call_started = self._call_started
+        return TraceRecord(
+            event=event,
+            kind=policy.kind,
+            start_ns=wall_ns(started),
+            end_ns=wall_ns(ended),
+            call_start_ns=wall_ns(call_started) if call_started else 0,
+            call_end_ns=wall_ns(self._call_ended or ended) if call_started else 0,
+            request=self._request.raw_body,
+            response=response,
+            max_preview_bytes=policy.max_payload_bytes,
+            price=self._price,
+            caller=caller_span(self._request.header(b"traceparent")),
+        )

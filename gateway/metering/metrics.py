@@ -92,6 +92,15 @@ class Metrics:
             "Inference-table rows dropped (queue full or write failed)",
             registry=r,
         )
+        self.traces_exported = Counter(
+            "gateway_traces_exported", "Traces sent to the MLflow tracking server", registry=r
+        )
+        self.traces_dropped = Counter(
+            "gateway_traces_dropped",
+            "Traces dropped, by reason (queue_full, export_failed, rejected, invalid)",
+            ["reason"],
+            registry=r,
+        )
 
         self.config_reloads = Counter(
             "gateway_config_reloads",

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.keys import Principal
-from gateway.config.schema import InferenceTableConfig, UsageConfig
+from gateway.config.schema import InferenceTableConfig, TracingConfig, UsageConfig
 from gateway.inference_tables import CapturePolicy, InferenceTables
 from gateway.metering.ledger import Ledger
 from gateway.metering.metrics import Metrics
 from gateway.metering.spool import SpoolBusy
 from gateway.metering.usage import RecentUsage, UsageEvent
+from gateway.tracing import MlflowServer, TraceExporter, TraceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class UsageRecorder:
         self.metrics = metrics
         self.ledger: Ledger | None = None
         self.tables: InferenceTables | None = None
+        self.tracer: TraceExporter | None = None
         # Endings of calls whose client left: they must finish (settle, record) regardless,
         # and the loop keeps only weak references to tasks.
         self._endings: set[asyncio.Task[None]] = set()
@@ -67,6 +69,26 @@ class UsageRecorder:
         if config.path is not None:
             self.tables = InferenceTables.open(config, base_dir, self.metrics)
 
+    def open_tracing(self, config: TracingConfig) -> None:
+        """Start sending traces, if the config names a destination."""
+        if config.mlflow is None:
+            return
+        dropped = self.metrics.traces_dropped
+        self.tracer = TraceExporter(
+            MlflowServer(config.mlflow, config.timeout_s),
+            batch_size=config.batch_size,
+            flush_interval_s=config.flush_interval_s,
+            max_queued=config.max_queued_traces,
+            on_export=self.metrics.traces_exported.inc,
+            on_drop=lambda reason, traces: dropped.labels(reason).inc(traces),
+        )
+        self.tracer.start()
+
+    def trace(self, record: TraceRecord) -> None:
+        """Hand a sampled call to the trace exporter (queued: sent off the loop)."""
+        if self.tracer is not None:
+            self.tracer.offer(record)
+
     def capture(
         self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
     ) -> None:
@@ -87,3 +109,5 @@ class UsageRecorder:
             await self.ledger.aclose()
         if self.tables is not None:
             await asyncio.to_thread(self.tables.close)  # writes every buffered row
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)  # sends every queued trace

@@ -42,15 +42,37 @@ def parse_tags(gateway: bytes | None, databricks: bytes | None) -> dict[str, str
     if len(document) > MAX_TAGS:
         raise BadRequest(f"At most {MAX_TAGS} request tags are allowed.")
     for key, value in document.items():
-        if not TAG_KEY.fullmatch(key):
-            raise BadRequest(f"A request tag's key must be {KEY_RULE}.")
-        if not isinstance(value, str):
-            raise BadRequest(f"Request tag {key!r} must be a string.")
-        if len(value) > MAX_VALUE_CHARS or not value.isprintable():
-            raise BadRequest(
-                f"Request tag {key!r} must be at most {MAX_VALUE_CHARS} printable characters."
-            )
+        _check_tag(key, value, "request tag")
     return document
+
+
+USAGE_CONTEXT_PREFIX: Final = "usage_context."
+
+
+def with_usage_context(tags: dict[str, str], context: object) -> dict[str, str]:
+    """`tags` plus Databricks' `usage_context` (an object of strings) as `usage_context.<key>`
+    tags, so the usage row, the trace and the table row keep it; or a 400 saying what is wrong."""
+    if not isinstance(context, dict):
+        raise BadRequest("`usage_context` must be a JSON object of strings.")
+    merged = dict(tags)
+    for key, value in context.items():
+        _check_tag(f"{USAGE_CONTEXT_PREFIX}{key}", value, "`usage_context` entry")
+        merged.setdefault(f"{USAGE_CONTEXT_PREFIX}{key}", value)
+    if len(merged) > MAX_TAGS:
+        raise BadRequest(f"At most {MAX_TAGS} request tags are allowed, usage_context included.")
+    return merged
+
+
+def _check_tag(key: str, value: object, what: str) -> None:
+    """A 400 unless `key` and `value` make a tag (`what` names it in the message)."""
+    if not TAG_KEY.fullmatch(key):
+        raise BadRequest(f"The key of a {what} must be {KEY_RULE}.")
+    if not isinstance(value, str):
+        raise BadRequest(f"The {what} {key!r} must be a string.")
+    if len(value) > MAX_VALUE_CHARS or not value.isprintable():
+        raise BadRequest(
+            f"The {what} {key!r} must be at most {MAX_VALUE_CHARS} printable characters."
+        )
 
 
 def check_tag_key(key: str) -> str:
