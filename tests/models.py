@@ -8,7 +8,6 @@ them (the gateway, `mlflow models serve`) does not need this test package on its
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -21,12 +20,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import pydantic
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import ChatModel, PythonModel
-from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.llm import ChatChoice, ChatCompletionResponse, ChatMessage, ChatParams
-from mlflow.types.schema import Array, Object, Property
 
 # Saving a model normally makes MLflow infer its pip requirements by loading it in a
 # subprocess (seconds per model); these tests never build an environment from them.
@@ -138,7 +135,7 @@ def save_classifier(dest: Path) -> Path:
     features, target = load_iris(return_X_y=True, as_frame=True)
     model = LogisticRegression(max_iter=200).fit(features, target)
     path = Path(dest) / "classifier"
-    with _quiet():
+    with quiet():
         mlflow.sklearn.save_model(
             model,
             path,
@@ -156,7 +153,7 @@ def save_regressor(dest: Path) -> Path:
     features, target = load_diabetes(return_X_y=True, as_frame=True)
     model = LinearRegression().fit(features, target)
     path = Path(dest) / "regressor"
-    with _quiet():
+    with quiet():
         mlflow.sklearn.save_model(
             model,
             path,
@@ -202,7 +199,7 @@ def save_typed_model(dest: Path) -> Path:
             [ParamSpec("multiplier", "double", 1.0), ParamSpec("label", "string", "x")]
         ),
     )
-    return _save_python_model(
+    return save_python_model(
         dest / "typed", TypedModel, signature=signature, input_example=typed_example()
     )
 
@@ -210,7 +207,7 @@ def save_typed_model(dest: Path) -> Path:
 def save_chat_model(dest: Path) -> Path:
     # A ChatModel's signature is fixed by MLflow (passing one is an error); the input example
     # is what MLflow runs once at save time to check that predict returns a response.
-    return _save_python_model(
+    return save_python_model(
         dest / "chat",
         EchoChatModel,
         input_example={"messages": [{"role": "user", "content": "hello"}]},
@@ -222,11 +219,11 @@ ONE_DOUBLE_X = ModelSignature(inputs=Schema([ColSpec("double", "x")]))
 
 def save_failing_model(dest: Path) -> Path:
     # No input_example: MLflow would run it at save time, and this model must fail.
-    return _save_python_model(dest / "failing", FailingModel, signature=ONE_DOUBLE_X)
+    return save_python_model(dest / "failing", FailingModel, signature=ONE_DOUBLE_X)
 
 
 def save_nan_model(dest: Path) -> Path:
-    return _save_python_model(
+    return save_python_model(
         dest / "nan",
         NanModel,
         signature=ONE_DOUBLE_X,
@@ -234,7 +231,7 @@ def save_nan_model(dest: Path) -> Path:
     )
 
 
-def _save_python_model(path: Path, model: type[PythonModel] | PythonModel, **kwargs: Any) -> Path:
+def save_python_model(path: Path, model: type[PythonModel] | PythonModel, **kwargs: Any) -> Path:
     """Save `model`, or an instance of it (instantiated here: ChatModel's constructor warns).
 
     The `predict` methods above take `pd.DataFrame`: MLflow warns about a `predict` without type
@@ -242,259 +239,12 @@ def _save_python_model(path: Path, model: type[PythonModel] | PythonModel, **kwa
     that are given something else (a dict, arrays) keep that annotation for the same reason.
     """
     path = Path(path)
-    with _quiet(), _pickled_by_value():
+    model_class = model if isinstance(model, type) else type(model)
+    with quiet(), _pickled_by_value(model_class.__module__):
         mlflow.pyfunc.save_model(
             path,
             python_model=model() if isinstance(model, type) else model,
             pip_requirements=PIP_REQUIREMENTS,
-            **kwargs,
-        )
-    return path
-
-
-# --- the models of MLflow's own scoring-server suite (tests/test_mlflow_scoring_suite.py) ------
-
-
-class FrameDtypes(PythonModel):
-    """Answers each column of its input with its pandas dtype, as `[[name, dtype], ...]`."""
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
-        return [[str(name), str(dtype)] for name, dtype in model_input.dtypes.items()]
-
-
-class FrameEcho(PythonModel):
-    """Answers its input frame unchanged."""
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
-        return model_input
-
-
-class Constant(PythonModel):
-    """Answers `value`, whatever it is given: shows how each kind of prediction is written."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
-        return self.value
-
-
-class TwoTensors(PythonModel):
-    """Two named float tensors `a` and `b` of shape (-1, 2) in, one score per row out.
-
-    It stands in for the two-input Keras model of MLflow's suite (TensorFlow is not installed).
-    """
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
-        tensors: Any = model_input  # a dict of arrays, by the tensor signature
-        return tensors["a"] @ np.array([1.0, 2.0]) + tensors["b"] @ np.array([3.0, 4.0])
-
-
-class EchoLLM(PythonModel):
-    """An LLM-shaped answer for `kind` (chat, completions or embeddings) that also echoes the
-    model input and the params it was given, so a test sees how the server split the body."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
-        data: Any = model_input
-        if isinstance(data, pd.DataFrame):  # a signature made MLflow build a frame of the body
-            data = data.to_dict(orient="records")[0]
-        echo = {"model_input": data, "params": params}
-        if self.kind == "chat":
-            text = " ".join(m["content"] if isinstance(m, dict) else m for m in data["messages"])
-            message = {"role": "assistant", "content": text}
-            return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], **echo}
-        if self.kind == "completions":
-            choice = {"index": 0, "text": data["prompt"], "finish_reason": "stop"}
-            return {"choices": [choice], **echo}
-        return {"data": [{"index": 0, "embedding": [0.1, 0.2, 0.3]}], **echo}
-
-
-class WrappedModel(PythonModel):
-    """A pyfunc wrapping another MLflow model (an artifact) that reads a number list from the
-    first chat message; its `predict` takes no params."""
-
-    def load_context(self, context: Any) -> None:
-        self.model = mlflow.pyfunc.load_model(context.artifacts["model_path"])
-
-    # no `params` on purpose, as in MLflow's test: the server must not pass any
-    def predict(self, context: Any, model_input: pd.DataFrame) -> Any:  # type: ignore[override]
-        data: Any = model_input
-        return self.model.predict([json.loads(data["messages"][0]["content"])])
-
-
-class ChatTurn(pydantic.BaseModel):
-    role: str
-    content: str
-
-
-class ChatTurns(pydantic.BaseModel):
-    messages: list[ChatTurn]
-
-
-CHAT_TURNS = ChatTurns(
-    messages=[ChatTurn(role="user", content="hello!"), ChatTurn(role="assistant", content="hi!")]
-)
-STRING_ROWS = [["a", "b", "c"], ["e", "f", "g"]]
-
-# The all-types frame of MLflow's suite: one column per MLflow column type, named after it.
-ALL_TYPES = ["boolean", "integer", "long", "float", "double", "binary", "datetime", "string"]
-CSV_TYPES = ["boolean", "integer", "long", "float", "double", "string"]
-
-
-def all_types_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "boolean": [True, False, True],
-            "integer": np.array([1, 2, 3], np.int32),
-            "long": np.array([1, 2, 3], np.int64),
-            "float": np.array([math.pi, 2 * math.pi, 3 * math.pi], np.float32),
-            "double": [math.pi, 2 * math.pi, 3 * math.pi],
-            "binary": [bytearray([1, 2, 3]), bytearray([4, 5, 6]), bytearray([7, 8, 9])],
-            "datetime": [
-                np.datetime64("2021-01-01 00:00:00"),
-                np.datetime64("2021-02-02 00:00:00"),
-                np.datetime64("2021-03-03 12:00:00"),
-            ],
-            "string": pd.Series(["a", "b", "c"], dtype=DataType.string.to_pandas()),
-        }
-    )
-
-
-def _llm_signatures() -> dict[str, ModelSignature | None]:
-    chat = Schema(
-        [
-            ColSpec(
-                Array(Object([Property("role", "string"), Property("content", "string")])),
-                "messages",
-            )
-        ]
-    )
-    sampling = [ParamSpec("temperature", "double", 0.5), ParamSpec("max_tokens", "integer", 20)]
-    top_p = ParamSpec("top_p", "double", 0.9)
-    return {
-        "chat": None,
-        "chat-params": ModelSignature(chat, params=ParamSchema([*sampling, top_p])),
-        "chat-one-param": ModelSignature(chat, params=ParamSchema(sampling[:1])),
-        "chat-params-as-inputs": ModelSignature(
-            Schema(
-                [
-                    *chat.inputs,
-                    ColSpec("long", "max_tokens", required=False),
-                    ColSpec("double", "temperature", required=False),
-                ]
-            )
-        ),
-        "chat-max-tokens-param": ModelSignature(None, params=ParamSchema([sampling[1]])),
-        "completions": None,
-        "completions-params": ModelSignature(
-            Schema([ColSpec("string", "prompt")]), params=ParamSchema([*sampling, top_p])
-        ),
-        "embeddings": None,
-        "embeddings-input": ModelSignature(Schema([ColSpec("string", "input")])),
-    }
-
-
-@dataclass(frozen=True)
-class ScoringSuiteModels:
-    """The models of tests/test_mlflow_scoring_suite.py: endpoint name -> model folder, and the
-    k-nearest-neighbours classifier most cases score, with the rows it is asked about."""
-
-    __test__ = False
-
-    paths: dict[str, Path]
-    knn: Any  # sklearn.neighbors.KNeighborsClassifier
-    knn_rows: np.ndarray  # iris, first two features
-
-
-def build_scoring_suite_models(dest: Path) -> ScoringSuiteModels:
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-
-    dest = Path(dest)
-    features, target = load_iris(return_X_y=True)
-    rows = features[:, :2]
-    knn = KNeighborsClassifier().fit(rows, target)
-    paths = {
-        "knn": _save_sklearn(dest / "knn", knn, metadata={"metadata_key": "value"}),
-        "knn-params": _save_sklearn(
-            dest / "knn-params",
-            knn,
-            signature=ModelSignature(
-                mlflow.models.infer_signature(rows).inputs,
-                params=ParamSchema(
-                    [ParamSpec("param1", DataType.datetime, np.datetime64("2023-07-01"))]
-                ),
-            ),
-        ),
-        "tensors": _save_python_model(
-            dest / "tensors",
-            TwoTensors,
-            signature=ModelSignature(
-                Schema([TensorSpec(np.dtype(np.float64), (-1, 2), name) for name in ("a", "b")])
-            ),
-        ),
-        "dtypes": _save_python_model(dest / "dtypes", FrameDtypes),
-        "echo": _save_python_model(dest / "echo", FrameEcho),
-        "dtypes-all-types": _save_python_model(
-            dest / "dtypes-all-types",
-            FrameDtypes,
-            signature=ModelSignature(Schema([ColSpec(name, name) for name in ALL_TYPES])),
-        ),
-        "dtypes-csv-types": _save_python_model(
-            dest / "dtypes-csv-types",
-            FrameDtypes,
-            signature=ModelSignature(Schema([ColSpec(name, name) for name in CSV_TYPES])),
-        ),
-        "echo-forced-types": _save_python_model(
-            dest / "echo-forced-types",
-            FrameEcho,
-            signature=ModelSignature(
-                Schema(
-                    [
-                        ColSpec("integer", "bad_integer"),
-                        ColSpec("float", "bad_float"),
-                        ColSpec("string", "bad_string"),
-                        ColSpec("boolean", "bad_boolean"),
-                    ]
-                )
-            ),
-        ),
-        "string-array": _save_python_model(dest / "string-array", Constant(np.array(STRING_ROWS))),
-        "object-array": _save_python_model(
-            dest / "object-array", Constant(np.array(STRING_ROWS, dtype=object))
-        ),
-        "pydantic": _save_python_model(dest / "pydantic", Constant(CHAT_TURNS)),
-    }
-    for name, signature in _llm_signatures().items():
-        kind = name.split("-")[0]
-        paths[name] = _save_python_model(dest / name, EchoLLM(kind), signature=signature)
-    # what `wrapped` wraps: a classifier on all four features, an artifact, not an endpoint
-    wrapped = _save_sklearn(dest / "iris", LogisticRegression(max_iter=200).fit(features, target))
-    paths["wrapped"] = _save_python_model(
-        dest / "wrapped", WrappedModel, artifacts={"model_path": str(wrapped)}
-    )
-    return ScoringSuiteModels(paths=paths, knn=knn, knn_rows=rows)
-
-
-# What a fitted KNeighborsClassifier holds beyond skops' default trust list (MLflow saves
-# scikit-learn models with skops, which refuses types it was not told to trust).
-_KNN_TYPES = [
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.neighbors._kd_tree.KDTree",
-]
-
-
-def _save_sklearn(path: Path, model: Any, **kwargs: Any) -> Path:
-    with _quiet():
-        mlflow.sklearn.save_model(
-            model,
-            path,
-            pip_requirements=PIP_REQUIREMENTS,
-            skops_trusted_types=_KNN_TYPES,
             **kwargs,
         )
     return path
@@ -521,7 +271,7 @@ def register_versions(tracking_dir: Path) -> str:
         # heavily regularised: on borderline flowers it answers differently from v1
         LogisticRegression(C=0.01, max_iter=200).fit(features, target),
     ]
-    with _quiet(), _tracking_uri(uri):
+    with quiet(), _tracking_uri(uri):
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment_id = client.create_experiment(
             "registry-tests", artifact_location=(tracking_dir / "artifacts").as_uri()
@@ -573,11 +323,12 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _pickled_by_value() -> Iterator[None]:
-    """Pickle this module's classes by value, so loading them never imports `tests.models`."""
+def _pickled_by_value(module_name: str) -> Iterator[None]:
+    """Pickle the classes of `module_name` (this one, tests.scoring_models) by value, so loading
+    them never imports this test package."""
     import cloudpickle
 
-    module = sys.modules[__name__]
+    module = sys.modules[module_name]
     cloudpickle.register_pickle_by_value(module)
     try:
         yield
@@ -586,7 +337,7 @@ def _pickled_by_value() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """MLflow's save-time warnings (pip inference, pickle advice, ...) are not the tests' business.
 
     They come from MLflow's dependencies as much as from MLflow (which pyproject.toml already

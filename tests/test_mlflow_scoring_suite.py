@@ -61,13 +61,13 @@ from mlflow.utils.proto_json_utils import NumpyEncoder
 from mlflow.version import VERSION
 
 from tests.gateway_process import run_gateway
-from tests.models import (
+from tests.models import TestModels
+from tests.scoring_models import (
     ALL_TYPES,
     CHAT_TURNS,
     CSV_TYPES,
     STRING_ROWS,
     ScoringSuiteModels,
-    TestModels,
     all_types_frame,
     build_scoring_suite_models,
 )
