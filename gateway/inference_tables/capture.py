@@ -3,6 +3,10 @@
 The top-level `inference_table:` section is read at start-up (where files go, how they are
 flushed); the sampling policy of each endpoint (`sample_rate`, `max_payload_bytes`, `enabled`,
 overridable per endpoint) is resolved with every runtime snapshot, so a reload changes it.
+
+A row stores the response as the client received it: the bytes the app sent (the translated
+body on `/v1/messages`, a stream's events as sent, its last error event included, an error's
+rendered body), kept as they go out and only up to `max_payload_bytes`.
 """
 
 from __future__ import annotations
@@ -77,14 +81,14 @@ class InferenceTables:
         writer.start()
         return cls(writer)
 
-    def capture(
-        self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
-    ) -> None:
-        """Queue the call's row if it is sampled (never blocks; a full queue drops it)."""
-        if not policy.sampled():
-            return
-        request_text, request_cut = _clip(request, policy.max_payload_bytes)
-        response_text, response_cut = _clip(response, policy.max_payload_bytes)
+    def sample(self, policy: CapturePolicy) -> Capture | None:
+        """The row of a call, if `policy` samples it."""
+        return Capture(self, policy) if policy.sampled() else None
+
+    def offer(self, event: UsageEvent, limit: int, request: bytes, response: bytes) -> None:
+        """Queue the call's row (never blocks; a full queue drops it)."""
+        request_text, request_cut = _clip(request, limit)
+        response_text, response_cut = _clip(response, limit)
         self.writer.offer(
             InferenceRow(
                 endpoint=event.endpoint,
@@ -109,3 +113,46 @@ class InferenceTables:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class Capture:
+    """One sampled call's row, completed by two parties in either order: the meter, when the
+    call ends (`finished`: its usage event), and the app, as it sends the response (`chunk`,
+    then `sent`). The row is queued once both have; a client that left before the call ended
+    does not lose it.
+
+    Of the response, only the first `max_payload_bytes` + 1 bytes are kept (the one more says
+    it was cut), so a long stream costs no more memory than a short one.
+    """
+
+    __slots__ = ("_chunks", "_event", "_request", "_room", "_sent", "_tables", "limit")
+
+    def __init__(self, tables: InferenceTables, policy: CapturePolicy) -> None:
+        self._tables = tables
+        self.limit = policy.max_payload_bytes
+        self._room = self.limit + 1
+        self._chunks: list[bytes] = []
+        self._event: UsageEvent | None = None
+        self._request = b""
+        self._sent = False
+
+    def chunk(self, body: bytes) -> None:
+        if self._room > 0 and body:
+            kept = body[: self._room]
+            self._chunks.append(kept)
+            self._room -= len(kept)
+
+    def sent(self) -> None:
+        self._sent = True
+        self._offer()
+
+    def finished(self, event: UsageEvent, request: bytes) -> None:
+        self._event, self._request = event, request
+        self._offer()
+
+    def _offer(self) -> None:
+        event = self._event
+        if event is None or not self._sent:
+            return
+        self._event = None  # once
+        self._tables.offer(event, self.limit, self._request, b"".join(self._chunks))

@@ -139,7 +139,7 @@ async def call_llm_endpoint(
         usage = completed.usage or await estimate_usage(llm_request, completed.body)
         overhead = meter.overhead_ms(completed.upstream_ms)
         # on record before answered
-        await meter.finish(200, usage=usage, overhead_ms=overhead, response=completed.body)
+        await meter.finish(200, usage=usage, overhead_ms=overhead)
         return Response(200, completed.body, headers=_headers(meter, overhead))
     streaming = routed_stream.result
     meter.served(

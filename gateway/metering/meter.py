@@ -55,7 +55,9 @@ class Meter:
         capture: CapturePolicy | None = None,
     ) -> None:
         self._request = request
-        self._capture = capture  # the inference table's policy for the endpoint, if any
+        # The call's inference-table row, if the endpoint's policy samples it: the app hands
+        # it the response as sent, `finish` the usage event.
+        self._capture = request.tap = usage.sample(capture)
         self._usage = usage
         self._governor = governor
         self._principal = principal
@@ -121,10 +123,9 @@ class Meter:
         usage: TokenUsage | None = None,
         rows: int = 0,
         overhead_ms: float = 0.0,
-        response: bytes = b"",
     ) -> None:
         """Settle the reservation to what the call used and record its usage event (and, if
-        the endpoint's inference table samples it, its request and `response` bodies)."""
+        the endpoint's inference table samples it, complete its row: see `Capture`)."""
         latency_ms = (time.perf_counter() - self._request.started) * 1000
         price = self._price
         cost = price.cost(usage) if price is not None and usage is not None else 0.0
@@ -161,5 +162,5 @@ class Meter:
             tags=self._request.tags,
         )
         if self._capture is not None:
-            self._usage.capture(event, self._capture, self._request.raw_body, response)
+            self._capture.finished(event, self._request.raw_body)
         await self._usage.record(event, self._principal)

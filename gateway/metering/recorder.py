@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.auth.keys import Principal
 from gateway.config.schema import InferenceTableConfig, UsageConfig
-from gateway.inference_tables import CapturePolicy, InferenceTables
+from gateway.inference_tables import Capture, CapturePolicy, InferenceTables
 from gateway.metering.ledger import Ledger
 from gateway.metering.metrics import Metrics
 from gateway.metering.spool import SpoolBusy
@@ -67,12 +67,11 @@ class UsageRecorder:
         if config.path is not None:
             self.tables = InferenceTables.open(config, base_dir, self.metrics)
 
-    def capture(
-        self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
-    ) -> None:
-        """Hand a call's payloads to the inference table (queued: written off the loop)."""
-        if self.tables is not None:
-            self.tables.capture(event, policy, request, response)
+    def sample(self, policy: CapturePolicy | None) -> Capture | None:
+        """The inference-table row of a call, if the table is kept and `policy` samples it."""
+        if self.tables is None or policy is None:
+            return None
+        return self.tables.sample(policy)
 
     async def record(self, event: UsageEvent, principal: Principal) -> None:
         self.recent.record(event)
