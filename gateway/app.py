@@ -39,6 +39,7 @@ from gateway.http import (
     Response,
     StreamingResponse,
     client_request_id,
+    tapped,
 )
 from gateway.limits import open_limiter
 from gateway.metering.metrics import Metrics
@@ -129,17 +130,28 @@ class GatewayApp:
         except GatewayError as error:
             response = self._error_response(error, route.protocol)
         except ClientDisconnected:
+            if request.tap is not None:
+                request.tap.sent()  # nothing was
             return
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], path)
             response = self._error_response(GatewayError("Internal error."), route.protocol)
         if request.config_version:
             extra.append((CONFIG_VERSION, request.config_version.encode()))
-        if isinstance(response, StreamingResponse):
-            response.error_event = functools.partial(render_stream_event, protocol=route.protocol)
-            await response.send(send, extra, receive)
-        else:
-            await response.send(send, extra)
+        tap = request.tap  # a sampled call's inference-table row: it keeps what is sent
+        if tap is not None:
+            send = tapped(send, tap)
+        try:
+            if isinstance(response, StreamingResponse):
+                response.error_event = functools.partial(
+                    render_stream_event, protocol=route.protocol
+                )
+                await response.send(send, extra, receive)
+            else:
+                await response.send(send, extra)
+        finally:
+            if tap is not None:
+                tap.sent()
 
     async def _authenticate(self, request: Request, access: Access) -> Caller:
         """Who is calling (401 when nobody valid; 403 on an admin route without the role)."""

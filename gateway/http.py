@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,6 +31,7 @@ class Request:
         "scope",
         "started",
         "tags",
+        "tap",
     )
 
     def __init__(
@@ -50,6 +51,7 @@ class Request:
         self.tags: dict[str, str] = {}  # the client's request tags, checked by the app
         self.started = time.perf_counter()  # for latency and gateway-overhead figures
         self.raw_body = b""  # the body as the client sent it, once read (inference tables)
+        self.tap: ResponseTap | None = None  # set when the response is to be seen as sent
         self._headers: dict[bytes, bytes] | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -108,6 +110,29 @@ def client_request_id(value: bytes, what: str = "x-request-id") -> str:
     if not text.isprintable():
         raise BadRequest(f"{what} must not contain control characters.")
     return text
+
+
+class ResponseTap(Protocol):
+    """What sees a response as the client is sent it (an inference table's sampled row): each
+    body chunk as it goes out, then `sent` once the response has ended, however it ended."""
+
+    def chunk(self, body: bytes) -> None: ...
+
+    def sent(self) -> None: ...
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def tapped(send: Send, tap: ResponseTap) -> Send:
+    """`send`, also handing every body chunk to `tap` (headers are never shown to it)."""
+
+    async def send_and_tap(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            tap.chunk(message.get("body", b""))
+        await send(message)
+
+    return send_and_tap
 
 
 class ClientDisconnected(Exception):

@@ -37,8 +37,19 @@ def twin(models: TestModels) -> Any:
 
 
 @pytest.fixture(scope="module")
+def echo_chat(models: TestModels, twin: Any) -> str:
+    """A registered ChatModel `echo-chat`, version 1 (the local chat model, with iris v1's
+    run), alias `live`; returns its run id."""
+    run_id: str = twin.get_model_version("iris", "1").run_id
+    twin.create_registered_model("echo-chat")
+    twin.create_model_version("echo-chat", str(models.chat), run_id=run_id)
+    twin.set_registered_model_alias("echo-chat", "live", "1")
+    return run_id
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    models: TestModels, twin: Any, tmp_path_factory: pytest.TempPathFactory
+    models: TestModels, twin: Any, echo_chat: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("lineage")
     path = write_config(
@@ -50,6 +61,8 @@ usage: {{flush_interval_ms: 20}}
 endpoints:
   - {{name: twin, type: custom, served_models: [{{model: "models:/twin@champion"}}]}}
   - {{name: local, type: custom, served_models: [{{model: "{models.classifier}"}}]}}
+  - {{name: chat-registry, type: custom, served_models: [{{model: "models:/echo-chat@live"}}]}}
+  - {{name: chat-local, type: custom, served_models: [{{model: "{models.chat}"}}]}}
 """,
     )
     with run_gateway(path, workdir=workdir) as process:
@@ -135,6 +148,33 @@ def test_a_local_model_row_names_its_path_model_uuid_and_tags(
     )
     rows = orjson.loads(table.stdout)
     assert {(r["tag:team"], r["endpoint"]) for r in rows} >= {("search", "local"), ("ads", "local")}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages"])
+def test_a_chat_model_on_llm_routes_names_its_version(
+    gateway: GatewayProcess, models: TestModels, echo_chat: str, route: str, stream: bool
+) -> None:
+    """As on `/invocations`: the version (never the alias) or the path, its run and uuid."""
+    model_uuid = yaml.safe_load((models.chat / "MLmodel").read_text())["model_uuid"]
+    expected = {
+        "chat-registry": ("models:/echo-chat/1", echo_chat),
+        "chat-local": (str(models.chat), ""),  # saved outside a run: it has none
+    }
+    for endpoint, (served, run_id) in expected.items():
+        body: dict[str, Any] = {"model": endpoint, "messages": [{"role": "user", "content": "hi"}]}
+        if route == "/v1/messages":
+            body["max_tokens"] = 16
+        answer = httpx.post(f"{gateway.url}{route}", json={**body, "stream": stream}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-served-model"] == served
+        event = recent(gateway, answer.headers["x-request-id"])
+        assert (event["served"], event["served_run_id"], event["model_uuid"]) == (
+            served,
+            run_id,
+            model_uuid,
+        )
+        assert event["served_endpoint"] == endpoint
 
 
 @pytest.mark.parametrize(

@@ -202,9 +202,9 @@ def test_a_chat_model_answers_on_chat_completions(
     completion = raw.parse()
     assert completion.choices[0].message.content == HELLO_REPLY
     assert completion.choices[0].message.role == "assistant"
-    assert raw.headers["x-served-model"] == f"echo/{models.chat}"
+    assert raw.headers["x-served-model"] == str(models.chat)  # as on /invocations
     event = usage_event(gateway, rid)
-    assert (event["endpoint"], event["status"]) == ("echo", 200)
+    assert (event["endpoint"], event["status"], event["served"]) == ("echo", 200, str(models.chat))
     assert event["prompt_tokens"] > 0
     assert event["completion_tokens"] > 0
 

@@ -91,7 +91,7 @@ async def _score(
             exc.served_model = served.label
         await meter.shielded(meter.finish(failure_status(exc)))
         raise
-    await meter.finish(200, rows=scoring_request.row_count(), response=result)
+    await meter.finish(200, rows=scoring_request.row_count())
     return Response(
         200, result, headers=[(SERVED_MODEL, served.label.encode()), *meter.reservation.headers()]
     )

@@ -3,6 +3,11 @@
 The top-level `inference_table:` section is read at start-up (where files go, how they are
 flushed); the sampling policy of each endpoint (`sample_rate`, `max_payload_bytes`, `enabled`,
 overridable per endpoint) is resolved with every runtime snapshot, so a reload changes it.
+
+A row stores the response as the client received it: the bytes the app sent (the translated
+body on `/v1/messages`, a stream's events as sent, its last error event included, an error's
+rendered body), kept as they go out (`metering/sampling.py` SampledCall) and only up to
+`max_payload_bytes`.
 """
 
 from __future__ import annotations
@@ -57,14 +62,10 @@ class InferenceTables:
         writer.start()
         return cls(writer)
 
-    def capture(
-        self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
-    ) -> None:
-        """Queue the call's row if it is sampled (never blocks; a full queue drops it)."""
-        if not policy.sampled():
-            return
-        request_text, request_cut = clip(request, policy.max_payload_bytes)
-        response_text, response_cut = clip(response, policy.max_payload_bytes)
+    def offer(self, event: UsageEvent, limit: int, request: bytes, response: bytes) -> None:
+        """Queue the call's row (never blocks; a full queue drops it)."""
+        request_text, request_cut = clip(request, limit)
+        response_text, response_cut = clip(response, limit)
         self.writer.offer(
             InferenceRow(
                 endpoint=event.endpoint,

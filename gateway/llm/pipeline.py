@@ -26,13 +26,14 @@ from gateway.llm import fallbacks
 from gateway.llm.demand import worst_case
 from gateway.llm.endpoint import LLMEndpoint
 from gateway.llm.relay import CLIENT_CLOSED, estimate_usage, relay
-from gateway.llm.types import LLMRequest
+from gateway.llm.types import Completed, Lineage, LLMRequest, Streaming
 from gateway.metering.meter import Meter
 from gateway.state import Caller, GatewayState
 
 SERVED_MODEL = b"x-served-model"
 OVERHEAD = b"x-gateway-overhead-ms"
 DISCONNECT_WATCH_AFTER_S = 0.05
+NO_LINEAGE = Lineage()
 
 Result = TypeVar("Result")
 
@@ -138,19 +139,30 @@ async def call_llm_endpoint(
         raise
     if not llm_request.stream:
         completed = routed.result
-        meter.served(completed.served, endpoint=routed.endpoint.name, price=routed.endpoint.price)
+        _served(meter, completed, routed.endpoint)
         usage = completed.usage or await estimate_usage(llm_request, completed.body)
         overhead = meter.overhead_ms(completed.upstream_ms)
         # on record before answered
-        await meter.finish(200, usage=usage, overhead_ms=overhead, response=completed.body)
-        return Response(200, completed.body, headers=_headers(meter, overhead))
+        await meter.finish(200, usage=usage, overhead_ms=overhead)
+        return Response(200, completed.body, headers=_headers(meter, overhead, completed))
     streaming = routed_stream.result
-    meter.served(
-        streaming.served, endpoint=routed_stream.endpoint.name, price=routed_stream.endpoint.price
-    )
+    _served(meter, streaming, routed_stream.endpoint)
     overhead = meter.overhead_ms(streaming.upstream_ms)
     return StreamingResponse(
-        200, relay(streaming, llm_request, meter, overhead), headers=_headers(meter, overhead)
+        200,
+        relay(streaming, llm_request, meter, overhead),
+        headers=_headers(meter, overhead, streaming),
+    )
+
+
+def _served(meter: Meter, answer: Completed | Streaming, endpoint: LLMEndpoint) -> None:
+    lineage = answer.lineage or NO_LINEAGE
+    meter.served(
+        answer.served,
+        endpoint=endpoint.name,
+        price=endpoint.price,
+        run_id=lineage.run_id,
+        model_uuid=lineage.model_uuid,
     )
 
 
@@ -173,12 +185,16 @@ def failure_status(exc: BaseException) -> int:
     return 500
 
 
-def _headers(meter: Meter, overhead_ms: float) -> list[tuple[bytes, bytes]]:
-    """x-served-model (`<endpoint>/<deployment>`, `;fallback` when a fallback answered), the
-    reservation's rate-limit headers and the gateway's overhead."""
+def _headers(
+    meter: Meter, overhead_ms: float, answer: Completed | Streaming
+) -> list[tuple[bytes, bytes]]:
+    """x-served-model (`<endpoint>/<deployment>`, `;fallback` when a fallback answered; an
+    MLflow model's own name, as on `/invocations`), the reservation's rate-limit headers and
+    the gateway's overhead."""
     name, served = meter.served_endpoint, meter.served_label
     # Foundation deployments are labelled `<endpoint>/<index>` already: name it only once.
-    value = served if served.startswith(f"{name}/") else f"{name}/{served}"
+    bare = answer.lineage is not None or served.startswith(f"{name}/")
+    value = served if bare else f"{name}/{served}"
     if meter.fallback_used:
         value += ";fallback"
     return [

@@ -24,11 +24,21 @@ class LLMRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Lineage:
+    """Of an answer by an MLflow model (`served` is then its `models:/name/<version>` or its
+    path): the registry version's run id and the MLmodel file's model_uuid."""
+
+    run_id: str = ""
+    model_uuid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     body: bytes  # relayed to the client as it came, unless a backend had to translate it
     usage: TokenUsage | None  # None: the upstream reported none
     served: str  # the deployment or model that answered
     upstream_ms: float
+    lineage: Lineage | None = None  # None: a deployment of an LLM endpoint answered
 
 
 @dataclass(slots=True)
@@ -39,6 +49,7 @@ class Streaming:
     served: str
     upstream_ms: float  # to the upstream's response headers
     closers: list[Any] = field(default_factory=list)  # aclose()-ables, closed with the stream
+    lineage: Lineage | None = None  # as in `Completed`
 
     async def aclose(self) -> None:
         for closer in self.closers:

@@ -30,7 +30,6 @@ class Meter:
     __slots__ = (
         "_call_ended",
         "_call_started",
-        "_capture",
         "_endpoint",
         "_fallback",
         "_fallbacks",
@@ -40,9 +39,11 @@ class Meter:
         "_principal",
         "_request",
         "_run_id",
+        "_sampled",
         "_served",
         "_served_endpoint",
-        "_trace",
+        "_trace_kind",
+        "_trace_max_bytes",
         "_usage",
         "_wall",
         "reservation",
@@ -60,8 +61,11 @@ class Meter:
         trace: TracePolicy | None = None,
     ) -> None:
         self._request = request
-        self._capture = capture  # the inference table's policy for the endpoint, if any
-        self._trace = trace  # the endpoint's tracing policy, if it is traced
+        # What the call keeps, if the inference table or tracing samples it: the app hands it
+        # the response as sent, `finish` the usage event (and the trace's timings).
+        self._sampled = request.tap = usage.sample(capture, trace)
+        self._trace_kind = trace.kind if trace is not None else ""
+        self._trace_max_bytes = trace.max_payload_bytes if trace is not None else 0
         self._call_started = self._call_ended = 0.0  # perf_counter: the model/upstream call
         self._usage = usage
         self._governor = governor
@@ -136,10 +140,9 @@ class Meter:
         usage: TokenUsage | None = None,
         rows: int = 0,
         overhead_ms: float = 0.0,
-        response: bytes = b"",
     ) -> None:
         """Settle the reservation to what the call used and record its usage event (and, if
-        the endpoint's inference table samples it, its request and `response` bodies)."""
+        the call is sampled, complete what it keeps: see `SampledCall`)."""
         latency_ms = (time.perf_counter() - self._request.started) * 1000
         price = self._price
         cost = price.cost(usage) if price is not None and usage is not None else 0.0
@@ -175,13 +178,14 @@ class Meter:
             model_uuid=self._model_uuid,
             tags=self._request.tags,
         )
-        if self._capture is not None:
-            self._usage.capture(event, self._capture, self._request.raw_body, response)
-        if self._trace is not None and self._trace.sampled():
-            self._usage.trace(self._trace_record(event, self._trace, response))
+        sampled = self._sampled
+        if sampled is not None:
+            trace = self._trace_record(event) if sampled.traced else None
+            sampled.finished(event, self._request.raw_body, trace)
         await self._usage.record(event, self._principal)
 
-    def _trace_record(self, event: UsageEvent, policy: TracePolicy, response: bytes) -> TraceRecord:
+    def _trace_record(self, event: UsageEvent) -> TraceRecord:
+        """The call's trace (its response is added as it is sent)."""
         started = self._request.started
 
         def wall_ns(perf: float) -> int:
@@ -191,14 +195,14 @@ class Meter:
         call_started = self._call_started
         return TraceRecord(
             event=event,
-            kind=policy.kind,
+            kind=self._trace_kind,
             start_ns=wall_ns(started),
             end_ns=wall_ns(ended),
             call_start_ns=wall_ns(call_started) if call_started else 0,
             call_end_ns=wall_ns(self._call_ended or ended) if call_started else 0,
             request=self._request.raw_body,
-            response=response,
-            max_preview_bytes=policy.max_payload_bytes,
+            response=b"",
+            max_preview_bytes=self._trace_max_bytes,
             price=self._price,
             caller=caller_span(self._request.header(b"traceparent")),
         )

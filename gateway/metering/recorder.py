@@ -18,9 +18,10 @@ from gateway.config.schema import InferenceTableConfig, TracingConfig, UsageConf
 from gateway.inference_tables import CapturePolicy, InferenceTables
 from gateway.metering.ledger import Ledger
 from gateway.metering.metrics import Metrics
+from gateway.metering.sampling import SampledCall
 from gateway.metering.spool import SpoolBusy
 from gateway.metering.usage import RecentUsage, UsageEvent
-from gateway.tracing import MlflowServer, TraceExporter, TraceRecord
+from gateway.tracing import MlflowServer, TraceExporter, TracePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +85,20 @@ class UsageRecorder:
         )
         self.tracer.start()
 
-    def trace(self, record: TraceRecord) -> None:
-        """Hand a sampled call to the trace exporter (queued: sent off the loop)."""
-        if self.tracer is not None:
-            self.tracer.offer(record)
-
-    def capture(
-        self, event: UsageEvent, policy: CapturePolicy, request: bytes, response: bytes
-    ) -> None:
-        """Hand a call's payloads to the inference table (queued: written off the loop)."""
-        if self.tables is not None:
-            self.tables.capture(event, policy, request, response)
+    def sample(
+        self, capture: CapturePolicy | None, trace: TracePolicy | None
+    ) -> SampledCall | None:
+        """What a call keeps for the inference table and tracing, if either samples it."""
+        tables, tracer = self.tables, self.tracer
+        row = None
+        if tables is not None and capture is not None and capture.sampled():
+            row = (capture.max_payload_bytes, tables.offer)
+        traced = None
+        if tracer is not None and trace is not None and trace.sampled():
+            traced = (trace.max_payload_bytes, tracer.offer)
+        if row is None and traced is None:
+            return None
+        return SampledCall(row, traced)
 
     async def record(self, event: UsageEvent, principal: Principal) -> None:
         self.recent.record(event)

@@ -1,4 +1,6 @@
-"""A custom endpoint serving an MLflow ChatModel, reachable through `/v1/chat/completions`."""
+"""A custom endpoint serving an MLflow ChatModel, reachable through `/v1/chat/completions`.
+
+Its answers name the model version that gave them (`Lineage`), as `/invocations` does."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequest
-from gateway.llm.types import DONE_EVENT, Completed, LLMRequest, Streaming
+from gateway.llm.types import DONE_EVENT, Completed, Lineage, LLMRequest, Streaming
 from gateway.models import scoring
 from gateway.models.served import CustomEndpoint
 from gateway.providers.openai_compat import usage_from_body
@@ -37,6 +39,7 @@ class CustomChatBackend:
             usage_from_body(result, served.label),
             served.label,
             (time.perf_counter() - started) * 1000,
+            lineage=Lineage(served.run_id, served.model_uuid),
         )
 
     async def open_stream(self, request: LLMRequest, timeout_s: float) -> Streaming:
@@ -49,7 +52,9 @@ class CustomChatBackend:
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             yield DONE_EVENT
 
-        return Streaming(events(), completed.served, completed.upstream_ms)
+        return Streaming(
+            events(), completed.served, completed.upstream_ms, lineage=completed.lineage
+        )
 
     async def warm_up(self) -> None:
         """The models were warmed on their input example when they loaded."""
