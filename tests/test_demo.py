@@ -28,6 +28,7 @@ import yaml
 
 from gateway.auth.keys import key_digest
 from gateway.demo import DEMO_ADMIN_KEY, DEMO_CONFIG, DEMO_KEY, STATE_ENV
+from gateway.demo.stand_in_llm import answer_to
 from tests.gateway_process import free_port, wait_until_ready
 from tests.readme_examples import Example, examples
 
@@ -183,6 +184,8 @@ def test_the_stand_in_speaks_openai_completions_and_streams_usage(demo: Demo) ->
         assert text.choices[0].text == "Hello from the"
         assert text.choices[0].finish_reason == "length"
         assert text.usage is not None and text.usage.completion_tokens == 3
+        streamed = list(client.completions.create(model="m", prompt="x", stream=True))
+        assert "".join(c.choices[0].text for c in streamed) == answer_to("x")
         chunks = list(
             client.chat.completions.create(
                 model="m",
@@ -192,7 +195,7 @@ def test_the_stand_in_speaks_openai_completions_and_streams_usage(demo: Demo) ->
             )
         )
         words = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert words == "Hello from the demo's stand-in for vLLM. You said: Hi"
+        assert words == answer_to("Hi") == "Hello from the demo's stand-in for vLLM. You said: Hi"
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
         vectors = client.embeddings.create(model="m", input="a", dimensions=4)
         assert len(vectors.data[0].embedding) == 4
