@@ -112,7 +112,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             raise
     output = log_path.read_text(errors="replace")
     assert returncode in (0, 130), output
-    assert "demo: stopping the stand-in for vLLM" in output, output
+    assert "demo: stopped the stand-in for vLLM" in output, output
     assert port_is_free(port) and port_is_free(llm_port)
 
 
@@ -201,6 +201,18 @@ def test_the_stand_in_speaks_openai_completions_and_streams_usage(demo: Demo) ->
         assert len(vectors.data[0].embedding) == 4
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="m", messages=[])
+
+
+def test_a_busy_stand_in_port_is_named_with_the_fix() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        command = [*make_serve_command(), "--port", str(free_port()), "--llm-port", str(busy)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"cannot start the stand-in for vLLM on 127.0.0.1:{busy}" in done.stderr
+    assert "pass another with --llm-port" in done.stderr
 
 
 def skip_unless_runnable(example: Example) -> None:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
@@ -45,31 +46,33 @@ def train() -> Path:
     reused = (DEMO_DIR / "MLmodel").is_file()
     model = train_demo_model()
     how = "reused" if reused else f"trained in {time.monotonic() - started:.1f} s"
-    _say(f"demo model at {model} ({how})")
+    _say(f"iris model at {model} ({how})")
     return model
 
 
 def serve(config: Path, *, host: str, port: int, llm_port: int) -> int:
     """Run the stand-in and the gateway until the gateway stops; the gateway's exit status."""
-    from gateway.cli import main as gateway_main  # after training: MLflow's import is slow
+    from gateway.cli import main as gateway_main  # here: `train` needs neither
     from gateway.demo.stand_in_llm import serving_in_thread
 
     train()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so SIGTERM, like Ctrl-C, unwinds
     os.environ[STAND_IN_PORT_ENV] = str(llm_port)  # config/demo.yaml points its LLMs there
-    with serving_in_thread("127.0.0.1", llm_port) as stand_in:
+    with ExitStack() as stack:
+        try:
+            stand_in = stack.enter_context(serving_in_thread("127.0.0.1", llm_port))
+        except OSError as exc:
+            _say(f"cannot start the stand-in for vLLM on 127.0.0.1:{llm_port}: {exc.strerror}")
+            _say("stop what uses that port, or pass another with --llm-port")
+            return 1
+        stack.callback(_say, "stopped the stand-in for vLLM")
         _say(
             f"stand-in for vLLM on {stand_in} (not a model: canned, deterministic answers "
             "in the OpenAI wire format), behind endpoints llama-70b (chat) and e5 (embeddings)"
         )
         _say(f"gateway on http://{host}:{port}, serving {config}; Ctrl-C stops both")
         _say(f"keys (public, never reuse them): user {DEMO_KEY}, admin {DEMO_ADMIN_KEY}")
-        try:
-            return gateway_main(
-                ["serve", "--config", str(config), "--host", host, "--port", str(port)]
-            )
-        finally:
-            _say("stopping the stand-in for vLLM")
+        return gateway_main(["serve", "--config", str(config), "--host", host, "--port", str(port)])
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
