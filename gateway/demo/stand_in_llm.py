@@ -40,7 +40,7 @@ def answer_to(prompt: str) -> str:
 
 
 def embedding_of(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
-    """A deterministic unit-free vector in [-1, 1) derived from the text's SHA-256."""
+    """A deterministic vector (multiples of 1/128 in [-1, 1)) from the text's SHA-256."""
     digest = b""
     while len(digest) < dimensions:
         digest += hashlib.sha256(f"{len(digest)}:{text}".encode()).digest()
@@ -52,7 +52,11 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p["text"] for p in content if isinstance(p, dict) and "text" in p)
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     return ""
 
 
