@@ -8,10 +8,12 @@ setup:
 	@scripts/setup
 
 demo-model: setup
-	@$(PY) -m gateway.demo
+	@$(PY) -m gateway.demo train
 
-serve: demo-model
-	$(PY) -m gateway serve --config config/demo.yaml
+# The demo (gateway/demo/launcher.py): trains the iris model once, starts the stand-in for vLLM on
+# 127.0.0.1:8081 and serves config/demo.yaml on 127.0.0.1:8080, in one process (Ctrl-C stops both).
+serve: setup
+	$(PY) -m gateway.demo serve
 
 test: setup
 	$(PY) -m pytest

@@ -265,6 +265,9 @@ def test_the_installed_copy_serves_not_the_repo(venv: FreshVenv, tmp_path: Path)
     assert "site-packages" in where and str(REPO) not in where
     key = venv.run(str(venv.root / "bin" / "gateway"), "keys", "new", "--id", "smoke", cwd=tmp_path)
     assert "gw-" in key  # the console script of [project.scripts]
+    demo = venv.run(venv.python, "-m", "gateway.demo", "serve", "--help", cwd=tmp_path)
+    assert "--llm-port" in demo  # make serve's launcher and its stand-in for vLLM are installed
+    venv.run(venv.python, "-c", "import gateway.demo.stand_in_llm", cwd=tmp_path)
 
 
 def test_the_custom_model_scores_json_csv_and_parquet(gateway: GatewayProcess) -> None:

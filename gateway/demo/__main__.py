@@ -1,7 +1,7 @@
-"""`python -m gateway.demo`: train the demo model (what `make serve` runs first)."""
+"""`python -m gateway.demo [train | serve]`: see `gateway.demo.launcher`."""
 
 import sys
 
-from gateway.demo import train_demo_model
+from gateway.demo.launcher import main
 
-print(f"demo model at {train_demo_model()}", file=sys.stderr)
+sys.exit(main())
