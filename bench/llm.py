@@ -681,7 +681,7 @@ def added(report: Report, m: Measurement) -> Added | None:
 
 
 RESULT_COLUMNS = ("arm", "request", "c", "req/s", "p50 ms", "p99 ms", "added p50/p99 ms",
-                  "TTFB ms", "TTFB added", "errors", "server CPU", "core-1 CPU",
+                  "TTFB ms", "TTFB added", "errors", "server CPU", "CPU µs/req", "core-1 CPU",
                   "other CPU c0/c1")  # fmt: skip
 
 
@@ -693,8 +693,16 @@ def result_row(report: Report, m: Measurement) -> list[str]:
     return [m.arm, m.kind, str(m.concurrency), f"{load.requests_per_s:,.0f}", fmt_ms(load.p50_ms),
             fmt_ms(load.p99_ms), added_text, fmt_ms(load.ttfb_p50_ms),
             "-" if extra is None or m.kind != "stream" else fmt_ms(extra.ttfb_p50_ms, True),
-            str(load.errors), fmt_share(m.cpu.server), fmt_share(m.cpu.client_core),
-            _other(m.cpu)]  # fmt: skip
+            str(load.errors), fmt_share(m.cpu.server), _cpu_per_request(m),
+            fmt_share(m.cpu.client_core), _other(m.cpu)]  # fmt: skip
+
+
+def _cpu_per_request(m: Measurement) -> str:
+    """The server's CPU time per answered request: what an arm costs, less sensitive than
+    req/s to other processes taking turns on the cores (they slow it, they do not bill it)."""
+    if m.cpu.server is None or not m.load.requests_per_s:
+        return "-"
+    return f"{m.cpu.server / m.load.requests_per_s * 1e6:,.0f}"
 
 
 def _other(cpu: Cpu) -> str:
