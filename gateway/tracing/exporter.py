@@ -10,10 +10,9 @@ nothing in between floods the log.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable
 
 from gateway.tracing.mlflow_server import ExportFailed, MlflowServer
@@ -23,7 +22,6 @@ from gateway.tracing.record import TraceRecord
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.5, 2.0, 5.0)  # then the batch is dropped
-_STOP = object()
 
 
 class TraceExporter:
@@ -40,7 +38,11 @@ class TraceExporter:
         self._server = server
         self._batch_size = batch_size
         self._interval = flush_interval_s
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
+        self._max_queued = max_queued
+        # A deque, not a queue.Queue: appending takes no lock and wakes nobody, so the thread
+        # runs (and takes the GIL from the event loop) once per batch or interval, not per trace.
+        self._queued: collections.deque[TraceRecord] = collections.deque()
+        self._wake = threading.Event()  # a full batch is waiting, or close() was called
         self._on_export = on_export
         self._on_drop = on_drop
         self._stopping = threading.Event()
@@ -52,11 +54,13 @@ class TraceExporter:
 
     def offer(self, record: TraceRecord) -> bool:
         """Queue `record`; False (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        queued = len(self._queued)
+        if queued >= self._max_queued:
             self._on_drop("queue_full", 1)
             return False
+        self._queued.append(record)
+        if queued + 1 == self._batch_size:
+            self._wake.set()
         return True
 
     def close(self) -> None:
@@ -64,49 +68,36 @@ class TraceExporter:
         is dropped: a shutdown waits at most one export timeout for an unreachable MLflow."""
         if self._thread.is_alive():
             self._stopping.set()
-            self._queue.put(_STOP)
+            self._wake.set()
             self._thread.join()
         self._server.close()
 
     def _run(self) -> None:
         while True:
-            batch, stop = self._next_batch()
-            if batch and not self._send(batch) and self._stopping.is_set():
-                self._drop_queued()
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+            while batch := self._take(self._batch_size):
+                if not self._send(batch) and self._stopping.is_set():
+                    self._drop_queued()
+                    return
+            if stopping:
                 return
-            if stop:
-                return
+
+    def _take(self, count: int) -> list[TraceRecord]:
+        batch: list[TraceRecord] = []
+        while len(batch) < count:
+            try:
+                batch.append(self._queued.popleft())
+            except IndexError:
+                break
+        return batch
 
     def _drop_queued(self) -> None:
-        dropped = 0
-        while (item := self._queue.get()) is not _STOP:
-            dropped += isinstance(item, TraceRecord)
+        dropped = len(self._take(len(self._queued)))
         if dropped:
             self._on_drop("export_failed", dropped)
-
-    def _next_batch(self) -> tuple[list[TraceRecord], bool]:
-        """Up to `batch_size` records: whatever arrives within `flush_interval_s` of the first."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        assert isinstance(first, TraceRecord)
-        batch = [first]
-        deadline = time.monotonic() + self._interval
-        while len(batch) < self._batch_size:
-            try:
-                timeout = None if self._stopping.is_set() else deadline - time.monotonic()
-                item = (
-                    self._queue.get_nowait()
-                    if timeout is None
-                    else self._queue.get(timeout=max(0.0, timeout))
-                )
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            assert isinstance(item, TraceRecord)
-            batch.append(item)
-        return batch, False
 
     def _send(self, batch: list[TraceRecord]) -> bool:
         """Whether MLflow took `batch` (or it was invalid: a retry cannot help it)."""
